@@ -1,0 +1,252 @@
+"""Swing (Yang et al., Alibaba 2020) as in Apache Flink ML's `Swing`:
+
+    sim(i, j) = sum over unordered user pairs {u, v} who both clicked i and j of
+                w_u * w_v / (alpha2 + |I_u & I_v|),        w_u = (|I_u| + alpha1) ** -beta
+
+Positive `beta` down-weights heavy users (Alink's default userBeta=-0.35 would *up*-weight them; a
+negative beta is refused unless `allow_negative_beta`). Caps bound the work of heavy users and hot
+items: users with fewer than `min_items_per_user` distinct items are ignored; users above
+`max_items_per_user` are dropped (Flink) or cut to their most recent items; an item with more than
+`max_users_per_item` users keeps a seeded reservoir sample of them (seed mixed with the item id, so
+the sample does not depend on sharding).
+
+The kernel is item-centric: for each item i, every pair of its users, a sorted-array intersection
+of their item lists, and a dense accumulator touched only where needed; top-K with ties broken by
+item index. The same kernel serves the single-node model and each shard of the sharded job.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+
+from llm_i2i.data.sequences import Sequences
+from llm_i2i.i2i.base import I2IModel, Neighbors
+
+
+@dataclass
+class SwingConfig:
+    k: int = 200
+    alpha1: float = 15.0
+    alpha2: float = 0.0
+    beta: float = 0.3
+    min_items_per_user: int = 2
+    max_items_per_user: int = 1000
+    over_max_items: str = "drop"  # "drop" (Flink) | "keep_recent"
+    max_users_per_item: int = 1000
+    seed: int = 0
+    allow_negative_beta: bool = False
+
+    def validate(self) -> None:
+        if self.k <= 0:
+            raise ValueError(f"swing.k must be positive, got {self.k}")
+        if self.over_max_items not in ("drop", "keep_recent"):
+            raise ValueError(f"swing.over_max_items must be 'drop' or 'keep_recent', got {self.over_max_items!r}")
+        if self.beta < 0 and not self.allow_negative_beta:
+            raise ValueError(
+                f"swing.beta={self.beta} < 0 up-weights heavy users (Alink's userBeta sign); "
+                "set allow_negative_beta=true if that is really meant"
+            )
+        if self.alpha2 < 0:
+            raise ValueError(f"swing.alpha2 must be >= 0, got {self.alpha2}")
+        if self.min_items_per_user < 1 or self.max_items_per_user < self.min_items_per_user:
+            raise ValueError("swing: need 1 <= min_items_per_user <= max_items_per_user")
+        if self.max_users_per_item < 2:
+            raise ValueError("swing.max_users_per_item must be >= 2")
+
+
+@dataclass
+class SwingGraph:
+    """Both adjacency directions as sorted int32 CSR arrays, plus the user weights."""
+
+    user_indptr: np.ndarray  # int64 [n_users + 1]
+    user_items: np.ndarray  # int32, sorted within each user
+    item_indptr: np.ndarray  # int64 [n_items + 1]
+    item_users: np.ndarray  # int32, sorted within each item
+    user_weight: np.ndarray  # float64 [n_users]
+    n_items: int
+    report: dict
+
+    @property
+    def n_edges(self) -> int:
+        return int(self.user_indptr[-1])
+
+
+def build_graph(train: Sequences, cfg: SwingConfig) -> SwingGraph:
+    """Distinct (user, item) pairs with the user and item caps applied."""
+    n_items = train.n_items
+    lens = train.lengths
+    user_of = np.repeat(np.arange(train.n_users, dtype=np.int64), lens)
+    keys = np.unique(user_of * n_items + train.items.astype(np.int64))
+    users, items = keys // n_items, (keys % n_items).astype(np.int32)
+    distinct = np.bincount(users, minlength=train.n_users)
+    too_many = distinct > cfg.max_items_per_user
+    keep_user = (distinct >= cfg.min_items_per_user) & ~too_many
+    report = {
+        "users_below_min_items": int(np.sum((distinct < cfg.min_items_per_user) & (distinct > 0))),
+        "users_above_max_items": int(np.sum(too_many)),
+        "over_max_items": cfg.over_max_items,
+    }
+    sel = keep_user[users]
+    users, items = users[sel], items[sel]
+    if cfg.over_max_items == "keep_recent" and too_many.any():
+        extra_u, extra_i = [], []
+        for u in np.flatnonzero(too_many):
+            seq = train.user(u)[::-1]
+            _, first = np.unique(seq, return_index=True)
+            recent = np.sort(seq[np.sort(first)][: cfg.max_items_per_user])
+            extra_u.append(np.full(len(recent), u, np.int64))
+            extra_i.append(recent.astype(np.int32))
+        users = np.concatenate([users, *extra_u])
+        items = np.concatenate([items, *extra_i])
+        order = np.lexsort((items, users))
+        users, items = users[order], items[order]
+    user_indptr = np.zeros(train.n_users + 1, np.int64)
+    np.cumsum(np.bincount(users, minlength=train.n_users), out=user_indptr[1:])
+    # item -> users, users ascending within each item
+    order = np.lexsort((users, items))
+    iu_items, iu_users = items[order], users[order].astype(np.int32)
+    item_indptr = np.zeros(n_items + 1, np.int64)
+    np.cumsum(np.bincount(iu_items, minlength=n_items), out=item_indptr[1:])
+    item_indptr, iu_users, sampled = _cap_item_users(item_indptr, iu_users, cfg.max_users_per_item, cfg.seed)
+    report["items_sampled_to_max_users"] = sampled
+    deg = np.diff(user_indptr).astype(np.float64)
+    weight = np.where(deg > 0, (deg + cfg.alpha1) ** (-cfg.beta), 0.0)
+    return SwingGraph(user_indptr, items.astype(np.int32), item_indptr, iu_users, weight, n_items, report)
+
+
+def reservoir_sample(values: np.ndarray, size: int, seed: int, key: int) -> np.ndarray:
+    """Algorithm R over `values` in order, seeded by (seed, key); returns the kept values sorted."""
+    rng = np.random.default_rng([seed, key])
+    res = values[:size].copy()
+    if len(values) > size:
+        draws = (rng.random(len(values) - size) * np.arange(size + 1, len(values) + 1)).astype(np.int64)
+        for t, j in enumerate(draws):
+            if j < size:
+                res[j] = values[size + t]
+    return np.sort(res)
+
+
+def _cap_item_users(indptr, users, cap, seed):
+    counts = np.diff(indptr)
+    hot = np.flatnonzero(counts > cap)
+    if len(hot) == 0:
+        return indptr, users, 0
+    pieces, new_counts = [], counts.copy()
+    for i in range(len(counts)):
+        seg = users[indptr[i] : indptr[i + 1]]
+        if counts[i] > cap:
+            seg = reservoir_sample(seg, cap, seed, i)
+            new_counts[i] = cap
+        pieces.append(seg)
+    new_indptr = np.zeros_like(indptr)
+    np.cumsum(new_counts, out=new_indptr[1:])
+    return new_indptr, np.concatenate(pieces).astype(np.int32), int(len(hot))
+
+
+@numba.njit(cache=True, nogil=True)
+def _swing_items(user_indptr, user_items, item_indptr, item_users, weight, alpha2, k, todo, out_idx, out_sc, work):
+    """Score every item in `todo` into rows of out_idx/out_sc (pre-filled with -1/-inf).
+    Returns the number of merge steps (intersection comparisons) in work[0]."""
+    n_items = item_indptr.shape[0] - 1
+    acc = np.zeros(n_items, np.float64)
+    stamp = np.full(n_items, -1, np.int64)
+    touched = np.empty(n_items, np.int32)
+    common = np.empty(n_items, np.int32)
+    steps = 0
+    for row in range(todo.shape[0]):
+        i = todo[row]
+        n_touched = 0
+        us = item_users[item_indptr[i] : item_indptr[i + 1]]
+        for a in range(us.shape[0]):
+            u = us[a]
+            iu = user_items[user_indptr[u] : user_indptr[u + 1]]
+            for b in range(a + 1, us.shape[0]):
+                v = us[b]
+                iv = user_items[user_indptr[v] : user_indptr[v + 1]]
+                p, q, c = 0, 0, 0
+                while p < iu.shape[0] and q < iv.shape[0]:
+                    steps += 1
+                    x, y = iu[p], iv[q]
+                    if x == y:
+                        common[c] = x
+                        c += 1
+                        p += 1
+                        q += 1
+                    elif x < y:
+                        p += 1
+                    else:
+                        q += 1
+                w = weight[u] * weight[v] / (alpha2 + c)
+                for t in range(c):
+                    j = common[t]
+                    if j == i:
+                        continue
+                    if stamp[j] != i:
+                        stamp[j] = i
+                        acc[j] = 0.0
+                        touched[n_touched] = j
+                        n_touched += 1
+                    acc[j] += w
+        if n_touched == 0:
+            continue
+        cand = np.sort(touched[:n_touched])
+        vals = np.empty(n_touched, np.float64)
+        for t in range(n_touched):
+            vals[t] = -acc[cand[t]]
+        order = np.argsort(vals, kind="mergesort")  # stable: ties keep ascending item index
+        m = min(k, n_touched)
+        for t in range(m):
+            out_idx[row, t] = cand[order[t]]
+            out_sc[row, t] = acc[cand[order[t]]]
+    work[0] += steps
+
+
+def swing_topk(graph: SwingGraph, k: int, alpha2: float, items: np.ndarray | None = None):
+    """Top-k Swing neighbours of `items` (default: all). Returns (idx [n, k] int32 -1-padded,
+    scores [n, k] float64 -inf-padded, merge steps)."""
+    todo = np.arange(graph.n_items, dtype=np.int64) if items is None else np.asarray(items, np.int64)
+    out_idx = np.full((len(todo), k), -1, np.int32)
+    out_sc = np.full((len(todo), k), -np.inf, np.float64)
+    work = np.zeros(1, np.int64)
+    _swing_items(
+        graph.user_indptr, graph.user_items, graph.item_indptr, graph.item_users,
+        graph.user_weight, float(alpha2), k, todo, out_idx, out_sc, work,
+    )
+    return out_idx, out_sc, int(work[0])
+
+
+def swing_topk_threaded(graph: SwingGraph, k: int, alpha2: float, n_threads: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """All items, split into interleaved blocks across threads (the kernel releases the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if n_threads <= 1:
+        return swing_topk(graph, k, alpha2)
+    blocks = [np.arange(t, graph.n_items, n_threads, dtype=np.int64) for t in range(n_threads)]
+    with ThreadPoolExecutor(n_threads) as ex:
+        parts = list(ex.map(lambda b: swing_topk(graph, k, alpha2, b), blocks))
+    idx = np.full((graph.n_items, k), -1, np.int32)
+    sc = np.full((graph.n_items, k), -np.inf)
+    for b, (bi, bs, _) in zip(blocks, parts):
+        idx[b], sc[b] = bi, bs
+    return idx, sc, sum(p[2] for p in parts)
+
+
+class Swing(I2IModel):
+    name = "swing"
+
+    def __init__(self, config: SwingConfig | None = None, n_threads: int | None = None):
+        self.config = config or SwingConfig()
+        self.config.validate()
+        self.n_threads = n_threads or numba.config.NUMBA_NUM_THREADS
+        self.report: dict = {}
+
+    def fit(self, train: Sequences, valid_targets: np.ndarray | None = None) -> Neighbors:
+        from llm_i2i.i2i.base import neighbors_from_dense_topk
+
+        g = build_graph(train, self.config)
+        idx, sc, steps = swing_topk_threaded(g, self.config.k, self.config.alpha2, self.n_threads)
+        self.report = {**g.report, "edges": g.n_edges, "merge_steps": steps}
+        return neighbors_from_dense_topk(idx, sc, train.item_ids)

@@ -1,0 +1,64 @@
+"""The fan-out merge against a dictionary-based reference, and batch == per-request."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from llm_i2i.eval.merge import FanoutMerger, recommend_batch
+from llm_i2i.i2i.base import Neighbors
+
+
+def random_neighbors(rng, n_items, k):
+    rows = []
+    for i in range(n_items):
+        m = int(rng.integers(0, k + 1))
+        nb = rng.choice(np.setdiff1d(np.arange(n_items), [i]), size=min(m, n_items - 1), replace=False)
+        sc = np.round(rng.random(len(nb)), 2)  # rounding makes ties common
+        order = np.lexsort((nb, -sc))
+        rows.append((nb[order], sc[order]))
+    return Neighbors.from_rows(rows, np.arange(n_items) * 10)
+
+
+def reference(nb, hist, m, k, how, decay, mask):
+    trig = []
+    for j in hist[::-1]:
+        if j not in trig:
+            trig.append(int(j))
+        if len(trig) == m:
+            break
+    acc = {}
+    for age, i in enumerate(trig):
+        w = decay**age if how == "recency" else 1.0
+        for j, s in zip(*nb.row(i)):
+            if mask and j in set(hist.tolist()):
+                continue
+            v = w * s
+            acc[int(j)] = max(acc[int(j)], v) if (how == "max" and j in acc) else acc.get(int(j), 0.0) + v
+    ranked = sorted(acc.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
+    return [j for j, _ in ranked], [s for _, s in ranked]
+
+
+@given(st.integers(0, 10_000), st.sampled_from(["sum", "max", "recency"]), st.booleans(), st.integers(1, 6), st.integers(1, 12))
+@settings(max_examples=80, deadline=None)
+def test_batch_and_single_match_reference(seed, how, mask, m, k):
+    rng = np.random.default_rng(seed)
+    nb = random_neighbors(rng, 25, 8)
+    hists = [rng.integers(0, 25, int(rng.integers(0, 9))) for _ in range(6)]
+    indptr = np.concatenate([[0], np.cumsum([len(h) for h in hists])])
+    items = np.concatenate(hists).astype(np.int32) if indptr[-1] else np.zeros(0, np.int32)
+    idx, sc = recommend_batch(nb, indptr, items, num_triggers=m, k=k, how=how, decay=0.7, mask_history=mask)
+    merger = FanoutMerger(nb, how=how, decay=0.7)
+    for u, h in enumerate(hists):
+        want_ids, want_sc = reference(nb, h, m, k, how, 0.7, mask)
+        got = idx[u][idx[u] >= 0].tolist()
+        assert got == want_ids
+        np.testing.assert_allclose(sc[u][: len(got)], want_sc, rtol=1e-12)
+        one_ids, one_sc = merger.recommend(h, k=k, num_triggers=m, exclude=h if mask else None)
+        assert one_ids.tolist() == want_ids
+
+
+def test_unknown_merge_mode_is_refused():
+    nb = random_neighbors(np.random.default_rng(0), 5, 2)
+    with pytest.raises(ValueError, match="merge must be one of"):
+        FanoutMerger(nb, how="mean")

@@ -1,0 +1,248 @@
+"""The I2I lookup service without Ray: input validation, `/similar`, `/recommend` (the M x K fan-out through
+`llm_i2i.eval.merge.FanoutMerger`, the same merge the offline evaluation uses), index hot swap, and the HTTP
+routing as a plain function. `serve_apps/i2i_app.py` only wires this into a Ray Serve deployment, so every
+behaviour here, hostile input included, is testable in-process.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import re
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+
+from llm_i2i.eval.merge import MERGE_MODES, FanoutMerger
+from llm_i2i.index.store import CorruptIndexError, ServingIndex, load_index
+from llm_i2i.progress import log
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+_INT_RE = re.compile(r"[+-]?[0-9]{1,20}")
+
+
+@dataclass
+class ServeConfig:
+    index_dir: str = ""
+    max_recent: int = 100  # M: most recent items a /recommend request may send (all are used as triggers)
+    default_k: int = 10
+    merge: str = "sum"  # sum | max | recency (see llm_i2i.eval.merge)
+    decay: float = 0.8
+    unknown_items: str = "reject"  # reject: 404 naming them | skip: ignore, reported in the response
+    max_body_bytes: int = 65536
+    admin_token: str = ""  # empty: POST /admin/swap disabled; set it (or LLM_I2I_ADMIN_TOKEN) to enable
+    verify_on_load: bool = True
+    host: str = "127.0.0.1"
+    port: int = 8000
+    replicas: int = 1
+    replica_cpus: float = 0.5
+
+    def validate(self) -> None:
+        if self.max_recent < 1:
+            raise ValueError(f"serve.max_recent must be >= 1, got {self.max_recent}")
+        if self.default_k < 1:
+            raise ValueError(f"serve.default_k must be >= 1, got {self.default_k}")
+        if self.merge not in MERGE_MODES:
+            raise ValueError(f"serve.merge must be one of {MERGE_MODES}, got {self.merge!r}")
+        if self.unknown_items not in ("reject", "skip"):
+            raise ValueError(f"serve.unknown_items must be 'reject' or 'skip', got {self.unknown_items!r}")
+        if self.max_body_bytes < 256:
+            raise ValueError(f"serve.max_body_bytes must be >= 256, got {self.max_body_bytes}")
+        if self.replicas < 1 or self.replica_cpus <= 0:
+            raise ValueError("serve.replicas must be >= 1 and serve.replica_cpus > 0")
+
+
+class RequestError(ValueError):
+    """A client error: `status` is the HTTP 4xx code, the message says what was wrong."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    """One index version and its merger; swapped as a whole so a request never sees a mix of two versions."""
+
+    index: ServingIndex
+    merger: FanoutMerger = field(compare=False)
+
+
+class IndexService:
+    def __init__(self, cfg: ServeConfig):
+        cfg.validate()
+        self.cfg = cfg
+        self._swap_lock = threading.Lock()
+        self.swaps = 0
+        self.last_swap_error: str | None = None
+        self._state = self._load(cfg.index_dir)
+
+    # ---- index lifecycle -------------------------------------------------------------------------
+    def _load(self, index_dir: str) -> _Loaded:
+        if not index_dir:
+            raise CorruptIndexError("serve.index_dir is not set")
+        index = load_index(index_dir, verify=self.cfg.verify_on_load)
+        merger = FanoutMerger(index.neighbors, how=self.cfg.merge, decay=self.cfg.decay)
+        if index.n_items:  # compile/warm the kernels for this dtype before taking traffic
+            merger.recommend(np.zeros(1, np.int32), 1, 1)
+        return _Loaded(index, merger)
+
+    @property
+    def index(self) -> ServingIndex:
+        return self._state.index
+
+    def swap(self, index_dir: str) -> dict[str, Any]:
+        """Load + verify `index_dir`, then switch atomically. On any failure the old index keeps serving and
+        the error is raised (and remembered for /version)."""
+        with self._swap_lock:
+            old = self._state.index
+            try:
+                new = self._load(index_dir)
+            except (CorruptIndexError, OSError, ValueError) as e:
+                self.last_swap_error = str(e)
+                log.error(f"index swap refused, still serving {old.version}: {e}")
+                raise CorruptIndexError(f"index swap refused, still serving {old.version}: {e}") from e
+            self._state = new
+            self.swaps += 1
+            self.last_swap_error = None
+            log.info(f"index swapped {old.version} -> {new.index.version} ({new.index.path})")
+            return {"previous": old.describe(), "current": new.index.describe()}
+
+    def version(self) -> dict[str, Any]:
+        return {**self._state.index.describe(), "swaps": self.swaps, "last_swap_error": self.last_swap_error}
+
+    # ---- queries ---------------------------------------------------------------------------------
+    def _k(self, k: Any, state: _Loaded) -> int:
+        if k is None:
+            k = min(self.cfg.default_k, state.index.k)
+        k = _as_int(k, "k")
+        if not 1 <= k <= state.index.k:
+            raise RequestError(400, f"k must be between 1 and the index K={state.index.k}, got {k}")
+        return k
+
+    def similar(self, item_id: Any, k: Any = None) -> dict[str, Any]:
+        state = self._state
+        kk = self._k(k, state)
+        iid = _as_int(item_id, "item_id")
+        dense, known = state.index.dense(np.array([iid], np.int64))
+        if not known[0]:
+            raise RequestError(404, f"unknown item_id {iid}")
+        nb, sc = state.index.neighbors.row(int(dense[0]))
+        ids = state.index.neighbors.item_ids[nb[:kk]]
+        return {"item_id": iid, "items": ids.tolist(), "scores": sc[:kk].astype(np.float64).tolist(),
+                "index_version": state.index.version}
+
+    def recommend(self, recent_items: Any, k: Any = None, exclude_seen: Any = True) -> dict[str, Any]:
+        """`recent_items`: external ids, oldest first (like a click log); every distinct one is a trigger."""
+        state = self._state
+        kk = self._k(k, state)
+        if not isinstance(exclude_seen, bool):
+            raise RequestError(400, f"exclude_seen must be true or false, got {exclude_seen!r}")
+        if not isinstance(recent_items, list):
+            raise RequestError(400, f"recent_items must be a JSON list of integer item ids, got {type(recent_items).__name__}")
+        if not recent_items:
+            raise RequestError(400, "recent_items is empty: send at least one item id")
+        if len(recent_items) > self.cfg.max_recent:
+            raise RequestError(400, f"recent_items has {len(recent_items)} ids, at most M={self.cfg.max_recent} allowed")
+        ids = np.array([_as_int(x, f"recent_items[{i}]") for i, x in enumerate(recent_items)], np.int64)
+        dense, known = state.index.dense(ids)
+        unknown = ids[~known]
+        if len(unknown) and (self.cfg.unknown_items == "reject" or len(unknown) == len(ids)):
+            shown = ", ".join(map(str, unknown[:10].tolist())) + (" ..." if len(unknown) > 10 else "")
+            raise RequestError(404, f"{len(unknown)} unknown item id(s) in recent_items: {shown}")
+        recent = dense[known]
+        idx, sc = state.merger.recommend(recent, kk, self.cfg.max_recent, exclude=recent if exclude_seen else None)
+        out = {"items": state.index.neighbors.item_ids[idx].tolist(), "scores": sc.tolist(),
+               "triggers": int(len(np.unique(recent))), "index_version": state.index.version}
+        if len(unknown):
+            out["skipped_unknown"] = unknown.tolist()
+        return out
+
+    # ---- HTTP ------------------------------------------------------------------------------------
+    def handle_http(self, method: str, path: str, query: Mapping[str, str], headers: Mapping[str, str],
+                    body: bytes | None) -> tuple[int, dict[str, Any]]:
+        """Route one HTTP request; returns (status, JSON body). Client mistakes become 4xx with a message."""
+        try:
+            return 200, self._route(method, path, query, headers, body)
+        except RequestError as e:
+            return e.status, {"error": str(e)}
+
+    def _route(self, method: str, path: str, query: Mapping[str, str], headers: Mapping[str, str],
+               body: bytes | None) -> dict[str, Any]:
+        path = path.rstrip("/") or "/"
+        if path.startswith("/similar/"):
+            _need(method, "GET")
+            return self.similar(path[len("/similar/"):], query.get("k"))
+        if path == "/recommend":
+            _need(method, "POST")
+            req = _json_object(body)
+            unknown = set(req) - {"recent_items", "k", "exclude_seen"}
+            if unknown:
+                raise RequestError(400, f"unknown field(s) {sorted(unknown)}; allowed: recent_items, k, exclude_seen")
+            if "recent_items" not in req:
+                raise RequestError(400, "missing field recent_items")
+            return self.recommend(req["recent_items"], req.get("k"), req.get("exclude_seen", True))
+        if path == "/healthz":
+            _need(method, "GET")
+            return {"status": "ok", "index_version": self._state.index.version}
+        if path == "/version":
+            _need(method, "GET")
+            return self.version()
+        if path == "/admin/swap":
+            _need(method, "POST")
+            self._authorize(headers)
+            req = _json_object(body)
+            if not isinstance(req.get("index_dir"), str) or set(req) != {"index_dir"}:
+                raise RequestError(400, 'body must be {"index_dir": "<path>"}')
+            try:
+                return self.swap(req["index_dir"])
+            except CorruptIndexError as e:
+                raise RequestError(422, str(e)) from e
+        raise RequestError(404, f"no route {path!r}; try GET /similar/{{item_id}}?k=, POST /recommend, GET /healthz, GET /version")
+
+    def _authorize(self, headers: Mapping[str, str]) -> None:
+        if not self.cfg.admin_token:
+            raise RequestError(403, "admin API disabled: no admin_token configured")
+        auth = headers.get("authorization", "")
+        if not hmac.compare_digest(auth.encode(), f"Bearer {self.cfg.admin_token}".encode()):
+            raise RequestError(401, "missing or wrong admin token (Authorization: Bearer <token>)")
+
+
+def _need(method: str, allowed: str) -> None:
+    if method != allowed:
+        raise RequestError(405, f"method {method} not allowed here; use {allowed}")
+
+
+def _as_int(x: Any, what: str) -> int:
+    """An int64 from a JSON int or a decimal string (path/query); bools, floats and junk are refused."""
+    if isinstance(x, str):
+        if not _INT_RE.fullmatch(x):
+            raise RequestError(400, f"{what} must be an integer, got {x[:40]!r}")
+        x = int(x)
+    elif isinstance(x, bool) or not isinstance(x, int):
+        raise RequestError(400, f"{what} must be an integer, got {json.dumps(x)[:40] if _jsonable(x) else type(x).__name__}")
+    if not INT64_MIN <= x <= INT64_MAX:
+        raise RequestError(400, f"{what} is outside the int64 range")
+    return x
+
+
+def _jsonable(x: Any) -> bool:
+    try:
+        json.dumps(x)
+        return True
+    except (TypeError, ValueError, RecursionError):
+        return False
+
+
+def _json_object(body: bytes | None) -> dict[str, Any]:
+    if not body:
+        raise RequestError(400, "empty body: send a JSON object")
+    try:
+        req = json.loads(body)
+    except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise RequestError(400, f"body is not valid JSON: {str(e)[:120]}") from None
+    if not isinstance(req, dict):
+        raise RequestError(400, f"body must be a JSON object, got {type(req).__name__}")
+    return req

@@ -1,0 +1,1 @@
+"""Ray Serve applications (thin wiring over `llm_i2i` cores)."""

@@ -1,0 +1,159 @@
+"""The generator / discriminator LLM: a Llama-architecture causal LM whose vocabulary includes one token per item.
+
+`base_model=None` builds a small Llama from config (the CPU default; sizes in `ModelConfig` were picked by
+measurement, see benchmarks/results/llm_sft.md); a local path loads a pretrained checkpoint (e.g. Llama-2-7B),
+never remote code. New item-token embeddings are initialised as the mean of the embeddings of their title's
+tokens ("title_mean") so a pretrained base starts with items placed near their text; on a scratch model the
+text embeddings are random, so "title_mean" there only makes items that share title words start close.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from llm_i2i.io import atomic_dir
+
+MANIFEST = "llm_i2i_manifest.json"
+
+
+@dataclass
+class ModelConfig:
+    base_model: str | None = None  # local path of a pretrained HF checkpoint, or None: small Llama from config
+    hidden_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int | None = None
+    intermediate_size: int = 384
+    max_position_embeddings: int = 1024
+    tie_word_embeddings: bool = True
+    dtype: str = "float32"  # float32 | bfloat16 | float16
+    attn_implementation: str = "auto"  # auto: flash_attention_2 if installed and on CUDA, else sdpa
+    item_init: str = "auto"  # auto (title_mean on a pretrained base, random from scratch) | title_mean | random
+    vocab_size: int = 4000  # sub-word vocabulary trained for a scratch model
+
+    def validate(self) -> None:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"model.hidden_size {self.hidden_size} not divisible by num_heads {self.num_heads}")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"model.dtype must be float32|bfloat16|float16, got {self.dtype!r}")
+        if self.item_init not in ("auto", "title_mean", "random"):
+            raise ValueError(f"model.item_init must be auto|title_mean|random, got {self.item_init!r}")
+        if self.attn_implementation not in ("auto", "sdpa", "eager", "flash_attention_2"):
+            raise ValueError(f"model.attn_implementation unknown: {self.attn_implementation!r}")
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return getattr(torch, self.dtype)
+
+
+def resolve_attn_implementation(requested: str) -> str:
+    if requested != "auto":
+        return requested
+    if torch.cuda.is_available():
+        try:
+            import flash_attn  # noqa: F401
+
+            return "flash_attention_2"
+        except ImportError:
+            pass
+    return "sdpa"
+
+
+def build_model(cfg: ModelConfig, tokenizer, items=None):
+    """LlamaForCausalLM sized for `tokenizer` (item tokens included); `items` (ITEMS_SCHEMA) enables title_mean init."""
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    cfg.validate()
+    attn = resolve_attn_implementation(cfg.attn_implementation)
+    if cfg.base_model is None:
+        lcfg = LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=cfg.hidden_size,
+            intermediate_size=cfg.intermediate_size,
+            num_hidden_layers=cfg.num_layers,
+            num_attention_heads=cfg.num_heads,
+            num_key_value_heads=cfg.num_kv_heads or cfg.num_heads,
+            max_position_embeddings=cfg.max_position_embeddings,
+            tie_word_embeddings=cfg.tie_word_embeddings,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        lcfg._attn_implementation = attn
+        model = LlamaForCausalLM(lcfg).to(cfg.torch_dtype)
+        n_old = 0
+    else:
+        model = AutoModelForCausalLM.from_pretrained(
+            cfg.base_model, dtype=cfg.torch_dtype, attn_implementation=attn, trust_remote_code=False, local_files_only=True
+        )
+        n_old = model.get_input_embeddings().weight.shape[0]
+        model.resize_token_embeddings(len(tokenizer))
+        model.config.pad_token_id = tokenizer.pad_token_id
+    init = cfg.item_init if cfg.item_init != "auto" else ("title_mean" if cfg.base_model else "random")
+    if init == "title_mean" and items is not None:
+        init_item_embeddings(model, tokenizer, items, first_new_token=n_old)
+    return model
+
+
+@torch.no_grad()
+def init_item_embeddings(model, tokenizer, items, first_new_token: int = 0) -> int:
+    """Set each item token's input (and untied output) embedding to the mean of its title's token embeddings."""
+    from llm_i2i.llm.tokenizer import item_token_ids
+
+    item_ids = items.column("item_id").to_numpy().astype(np.int64)
+    titles = items.column("title").to_pylist()
+    tids = item_token_ids(tokenizer, item_ids)
+    enc = tokenizer([t or "" for t in titles], add_special_tokens=False)["input_ids"]
+    emb = model.get_input_embeddings().weight
+    out = model.get_output_embeddings().weight if not model.config.tie_word_embeddings else None
+    done = 0
+    for tid, ids in zip(tids.tolist(), enc):
+        ids = [i for i in ids if i < first_new_token or first_new_token == 0]
+        if tid < first_new_token or not ids:
+            continue
+        idx = torch.tensor(ids)
+        emb[tid] = emb[idx].mean(0)
+        if out is not None:
+            out[tid] = out[idx].mean(0)
+        done += 1
+    return done
+
+
+def save_checkpoint(model, tokenizer, out_dir: str | Path, manifest: dict[str, Any]) -> Path:
+    """HF safetensors + tokenizer + llm_i2i_manifest.json (role, item ids in token order, configs, metrics); atomic."""
+    from llm_i2i.io import _json_default
+    from llm_i2i.llm.tokenizer import item_vocabulary
+
+    item_ids, token_ids = item_vocabulary(tokenizer)
+    full = {**manifest, "item_ids": item_ids.tolist(), "item_token_ids": token_ids.tolist()}
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        tokenizer.save_pretrained(str(tmp))
+        (tmp / MANIFEST).write_text(json.dumps(full, indent=1, default=_json_default) + "\n")
+    return Path(out_dir)
+
+
+def load_checkpoint(path: str | Path, dtype: str | None = None, device: str | None = None):
+    """(model in eval mode, tokenizer, manifest) from a local checkpoint dir; never runs remote code."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path)
+    if not (path / MANIFEST).exists():
+        raise FileNotFoundError(f"{path}: not an llm-i2i checkpoint (no {MANIFEST})")
+    manifest = json.loads((path / MANIFEST).read_text())
+    kw: dict[str, Any] = {"trust_remote_code": False, "local_files_only": True}
+    if dtype:
+        kw["dtype"] = getattr(torch, dtype)
+    model = AutoModelForCausalLM.from_pretrained(str(path), **kw)
+    tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False, local_files_only=True)
+    tokenizer.padding_side = "right"
+    if device:
+        model.to(device)
+    model.eval()
+    return model, tokenizer, manifest

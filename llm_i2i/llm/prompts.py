@@ -1,0 +1,85 @@
+"""The ONLY place prompt templates live; training and inference render through these same functions.
+
+Generator prompt P_g:  instruction [<user> user text] <history><i..><i..>...  -> the next token is an item
+Discriminator P_d:     instruction <history><i..>... <candidate><i..>[ title] <answer> -> "Yes" | "No"
+
+Item tokens are written back to back (no spaces) so an item costs exactly one token with any tokenizer.
+With `titles`, each item token is followed by its title and a <sep> token. Histories longer than
+`max_history` keep their most recent items (never an error). `encode_prompts` prepends BOS and tokenises
+without the tokenizer's own special-token post-processing, so the ids are the same for a scratch
+tokenizer and a Llama one.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+from llm_i2i.llm.tokenizer import ANSWER, CANDIDATE, HISTORY, SEP, USER, item_token
+
+GENERATOR_INSTRUCTION = "Given the user's recent items, predict the next item."
+DISCRIMINATOR_INSTRUCTION = "Will the user interact with the candidate item? Answer Yes or No."
+
+
+def _recent(history: Sequence[int], max_history: int | None) -> list[int]:
+    items = [int(i) for i in history]
+    if max_history is not None and max_history >= 0 and len(items) > max_history:
+        items = items[len(items) - max_history :] if max_history else []
+    return items
+
+
+def _render_items(items: Sequence[int], titles: Mapping[int, str] | None) -> str:
+    if titles is None:
+        return "".join(item_token(i) for i in items)
+    return "".join(f"{item_token(i)} {(titles.get(i) or '').strip()}{SEP}" for i in items)
+
+
+def _user_part(user_id: int | str | None, profile: str | None) -> str:
+    if user_id is None and not profile:
+        return ""
+    text = " ".join(p for p in (None if user_id is None else f"user {user_id}", profile) if p)
+    return f"{USER} {text}"
+
+
+def generator_prompt(
+    history_item_ids: Sequence[int],
+    user_id: int | str | None = None,
+    titles: Mapping[int, str] | None = None,
+    max_history: int | None = 10,
+    profile: str | None = None,
+) -> str:
+    """P_g for the user's most recent `max_history` items (None: all of them, as in SFT teacher forcing)."""
+    items = _recent(history_item_ids, max_history)
+    return f"{GENERATOR_INSTRUCTION}{_user_part(user_id, profile)}{HISTORY}{_render_items(items, titles)}"
+
+
+def discriminator_prompt(
+    history_item_ids: Sequence[int],
+    candidate_item_id: int,
+    user_id: int | str | None = None,
+    titles: Mapping[int, str] | None = None,
+    max_history: int | None = 10,
+    profile: str | None = None,
+) -> str:
+    """P_d; the model's next token after it is the answer ("Yes"/"No")."""
+    items = _recent(history_item_ids, max_history)
+    cand = item_token(candidate_item_id)
+    if titles is not None:
+        cand += f" {(titles.get(int(candidate_item_id)) or '').strip()}"
+    return (
+        f"{DISCRIMINATOR_INSTRUCTION}{_user_part(user_id, profile)}{HISTORY}{_render_items(items, titles)}"
+        f"{CANDIDATE}{cand}{ANSWER}"
+    )
+
+
+def encode_prompts(tokenizer, prompts: Sequence[str]) -> list[list[int]]:
+    """BOS + tokens, identical for training and inference."""
+    if not prompts:
+        return []
+    enc = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    bos = tokenizer.bos_token_id
+    return [([bos] if bos is not None else []) + list(ids) for ids in enc]
+
+
+def titles_from_items(items) -> dict[int, str]:
+    """item_id -> title (empty string for items without one) from an ITEMS_SCHEMA table."""
+    return {int(i): (t or "") for i, t in zip(items.column("item_id").to_pylist(), items.column("title").to_pylist())}

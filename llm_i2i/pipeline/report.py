@@ -1,0 +1,216 @@
+"""report.json / report.md / PNG plots from the finished artifacts (schema: docs/report_schema.md)."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from llm_i2i.io import atomic_path, write_json, write_text
+from llm_i2i.pipeline.artifacts import ArtifactStore
+from llm_i2i.pipeline.config import PipelineConfig
+from llm_i2i.pipeline.stages import BASELINE, LLM_I2I, fuse_variants
+
+REPORT_VERSION = 1
+MAIN_K = 10
+
+
+def _subset(m: dict[str, Any], ks: tuple[int, ...]) -> dict[str, Any]:
+    out = {f"{name}@{k}": m[f"{name}@{k}"] for k in ks for name in ("recall", "ndcg")}
+    for part in ("long_tail", "non_long_tail"):
+        if part in m:
+            out[part] = {**{f"{name}@{k}": m[part][f"{name}@{k}"] for k in ks for name in ("recall", "ndcg")},
+                         "users": m[part].get("users")}
+    return out
+
+
+def _lift(new: float, old: float) -> float | None:
+    return None if not old else (new - old) / old
+
+
+def build_report(store: ArtifactStore, cfg: PipelineConfig, wall_seconds: float | None = None) -> dict[str, Any]:
+    ev = json.loads((store.get("evaluate").path / "metrics.json").read_text())
+    fuse_stats = store.get("fuse").manifest["stats"]["variants"]
+    prep = store.get("prepare").manifest["stats"]
+    ks = tuple(k for k in ev["protocol"]["ks"] if k <= 20) or tuple(ev["protocol"]["ks"][:2])
+    fits = {key: _subset(m, ks) for key, m in ev["fits"].items()}
+
+    backbones = {}
+    for b in cfg.backbones:
+        base, aug = fits[f"{b}/{BASELINE}"], fits[f"{b}/{LLM_I2I}"]
+        lift = {key: _lift(aug[key], base[key]) for key in base if "@" in key}
+        lift["long_tail_recall@10"] = _lift(aug["long_tail"]["recall@10"], base["long_tail"]["recall@10"]) \
+            if "recall@10" in base.get("long_tail", {}) else None
+        backbones[b] = {"baseline": base, "llm_i2i": aug, "lift": lift}
+
+    first = cfg.backbones[0]
+    variants = fuse_variants(cfg)
+    ablations = {v: {**fits[f"{first}/{v}"], "fuse": fuse_stats[v]} for v in variants
+                 if not v.startswith(("recall_number=", "confidence="))}
+    if "generator_alone" in ev:
+        ablations["wo_i2i"] = {**_subset(ev["generator_alone"], ks), "note": "generator alone as the recommender"}
+    figures = {
+        "recall_number": [{"N": int(v.split("=")[1]), **fits[f"{first}/{v}"],
+                           "synthetic_kept": fuse_stats[v]["synthetic"]["kept"]}
+                          for v in variants if v.startswith("recall_number=")],
+        "confidence": [{"confidence": float(v.split("=")[1]), **fits[f"{first}/{v}"],
+                        "synthetic_kept": fuse_stats[v]["synthetic"]["kept"]}
+                       for v in variants if v.startswith("confidence=")],
+    }
+    stages = {}
+    ran = {h["stage"]: h["status"] for h in store.history}
+    for name in sorted({h["stage"] for h in store.history}, key=lambda s: [h["stage"] for h in store.history].index(s)):
+        m = store.manifest(name) or {}
+        stages[name] = {"status_this_run": ran.get(name), "seconds": m.get("seconds"),
+                        "config_hash": m.get("config_hash"), "started_utc": m.get("started_utc")}
+    syn = fuse_stats[LLM_I2I]["synthetic"]
+    return {
+        "report_version": REPORT_VERSION,
+        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "dataset": {"name": prep["dataset"], **prep["split"]},
+        "protocol": ev["protocol"],
+        "backbones": backbones,
+        "generator_alone": _subset(ev["generator_alone"], ks) if "generator_alone" in ev else None,
+        "discriminator_auc": ev.get("discriminator_auc"),
+        "synthetic_pairs": {"generated": syn.get("generated", 0), "kept": syn["kept"], "funnel": syn,
+                            "threshold": cfg.fuse.threshold, "real": fuse_stats[LLM_I2I]["real"]},
+        "ablations": ablations,
+        "figures": figures,
+        "stages": stages,
+        "pipeline_seconds": sum(s["seconds"] or 0 for s in stages.values()),
+        "wall_seconds_this_run": wall_seconds,
+        "fit_seconds": {k: v["seconds"] for k, v in store.get("train_i2i").manifest["stats"]["fits"].items()},
+    }
+
+
+def _fmt(x: Any) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, float):
+        return f"{x:.4f}"
+    return str(x)
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:+.1f}%"
+
+
+def render_markdown(r: dict[str, Any]) -> str:
+    k = MAIN_K
+    p = r["protocol"]
+    lines = [
+        f"# LLM-I2I report: {r['dataset']['name']}",
+        "",
+        f"{r['dataset']['users']} users, {r['dataset']['items']} items, {r['dataset']['interactions']} interactions. "
+        f"Protocol: preset `{p['preset']}`, split `{p['split']}`, M={p['num_triggers']} trigger(s), merge `{p['merge']}`, "
+        f"history masked: {p['mask_history']}; long tail = bottom {p['long_tail_fraction']:.0%} items by train count.",
+        "",
+        f"Synthetic pairs: {r['synthetic_pairs']['generated']} generated, {r['synthetic_pairs']['kept']} kept "
+        f"(confidence >= {r['synthetic_pairs']['threshold']}). Discriminator AUC: {_fmt(r['discriminator_auc'])}.",
+        "",
+        "## Backbones: no augmentation vs LLM-I2I",
+        "",
+        f"| backbone | R@{k} no | R@{k} LLM-I2I | lift | N@{k} no | N@{k} LLM-I2I | lift | long-tail R@{k} no | long-tail R@{k} LLM-I2I |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for b, row in r["backbones"].items():
+        bs, au, li = row["baseline"], row["llm_i2i"], row["lift"]
+        lines.append(f"| {b} | {_fmt(bs[f'recall@{k}'])} | {_fmt(au[f'recall@{k}'])} | {_pct(li[f'recall@{k}'])} | "
+                     f"{_fmt(bs[f'ndcg@{k}'])} | {_fmt(au[f'ndcg@{k}'])} | {_pct(li[f'ndcg@{k}'])} | "
+                     f"{_fmt(bs['long_tail'][f'recall@{k}'])} | {_fmt(au['long_tail'][f'recall@{k}'])} |")
+    if r["generator_alone"]:
+        g = r["generator_alone"]
+        lines += ["", f"Generator alone as recommender: R@{k} {_fmt(g[f'recall@{k}'])}, N@{k} {_fmt(g[f'ndcg@{k}'])}."]
+    lines += ["", "## Ablations (first backbone)", "",
+              f"| variant | synthetic kept | real kept | R@{k} | N@{k} | long-tail R@{k} | non-long-tail R@{k} |",
+              "|---|---|---|---|---|---|---|"]
+    for v, m in r["ablations"].items():
+        f = m.get("fuse", {})
+        lines.append(f"| {v} | {f.get('synthetic', {}).get('kept', '–')} | {f.get('real', {}).get('kept', '–')} | "
+                     f"{_fmt(m[f'recall@{k}'])} | {_fmt(m[f'ndcg@{k}'])} | "
+                     f"{_fmt(m.get('long_tail', {}).get(f'recall@{k}'))} | {_fmt(m.get('non_long_tail', {}).get(f'recall@{k}'))} |")
+    for fig, key in (("recall_number", "N"), ("confidence", "confidence")):
+        if r["figures"][fig]:
+            lines += ["", f"## Recall@{k} vs {key}", "", f"| {key} | synthetic kept | R@{k} | N@{k} |", "|---|---|---|---|"]
+            lines += [f"| {row[key]} | {row['synthetic_kept']} | {_fmt(row[f'recall@{k}'])} | {_fmt(row[f'ndcg@{k}'])} |"
+                      for row in r["figures"][fig]]
+    lines += ["", "## Stages", "", "| stage | this run | seconds (when it ran) | config hash |", "|---|---|---|---|"]
+    lines += [f"| {n} | {s['status_this_run']} | {_fmt(s['seconds'])} | `{s['config_hash']}` |" for n, s in r["stages"].items()]
+    lines += ["", f"Total stage time: {r['pipeline_seconds']:.1f}s. Plots: `plots/*.png`.", ""]
+    return "\n".join(lines)
+
+
+def plot_report(r: dict[str, Any], out_dir: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    k = MAIN_K
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    names = list(r["backbones"])
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    for ax, (title, get) in zip(axes, (
+        (f"Recall@{k}", lambda m: m[f"recall@{k}"]),
+        (f"NDCG@{k}", lambda m: m[f"ndcg@{k}"]),
+        (f"long-tail Recall@{k}", lambda m: m["long_tail"][f"recall@{k}"]),
+    )):
+        x = np.arange(len(names))
+        ax.bar(x - 0.2, [get(r["backbones"][b]["baseline"]) for b in names], 0.4, label="no augmentation")
+        ax.bar(x + 0.2, [get(r["backbones"][b]["llm_i2i"]) for b in names], 0.4, label="LLM-I2I")
+        ax.set_xticks(x, names)
+        ax.set_title(title)
+    axes[0].legend()
+    fig.suptitle(f"{r['dataset']['name']}: backbones with and without LLM-I2I ({r['protocol']['preset']} protocol)")
+    fig.tight_layout()
+    paths.append(_save(fig, out_dir / "backbones.png"))
+    for fig_name, key, xlabel in (("recall_number", "N", "recall number N"), ("confidence", "confidence", "confidence level")):
+        rows = r["figures"][fig_name]
+        if not rows:
+            continue
+        fig, ax = plt.subplots(figsize=(5, 3.6))
+        ax.plot([row[key] for row in rows], [row[f"recall@{k}"] for row in rows], "o-", label="LLM-I2I")
+        base = r["backbones"][names[0]]["baseline"][f"recall@{k}"]
+        ax.axhline(base, color="grey", ls="--", label="no augmentation")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(f"Recall@{k}")
+        ax.set_title(f"{r['dataset']['name']} / {names[0]}")
+        ax.legend()
+        fig.tight_layout()
+        paths.append(_save(fig, out_dir / f"{fig_name}.png"))
+    return paths
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return path
+
+
+def write_report(store: ArtifactStore, cfg: PipelineConfig, wall_seconds: float | None = None) -> dict[str, Any]:
+    """Write report.json, report.md and plots/ at the root of the output URI."""
+    r = build_report(store, cfg, wall_seconds)
+    if store.fs is None:
+        root = Path(store.base)
+        _write_all(r, root)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            _write_all(r, Path(tmp))
+            import pyarrow.fs as pafs
+
+            pafs.copy_files(tmp, store.base, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=store.fs)
+    return r
+
+
+def _write_all(r: dict[str, Any], root: Path) -> None:
+    plots = plot_report(r, root / "plots")
+    r["plots"] = [str(p.relative_to(root)) for p in plots]
+    write_json(r, root / "report.json")
+    write_text(render_markdown(r), root / "report.md")

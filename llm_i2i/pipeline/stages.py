@@ -1,0 +1,368 @@
+"""The pipeline's stages as plain functions over an `ArtifactStore` (no Ray here; `ray_jobs/` wires them).
+
+prepare -> sft_generator -> sft_discriminator -> generate -> discriminate -> fuse -> train_i2i -> build_index
+-> evaluate. Each stage reads its inputs' artifacts and writes one artifact; see `artifacts.py` for skip/resume.
+The LLM work is delegated to `llm_i2i.llm` through `LLMOps`, so tests can swap in fakes.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from llm_i2i.config import to_dict
+from llm_i2i.data import leave_one_out, load_dataset, read_canonical, save_dataset
+from llm_i2i.data.sequences import Sequences
+from llm_i2i.eval.evaluate import evaluate_neighbors
+from llm_i2i.i2i import make_backbone
+from llm_i2i.i2i.base import Neighbors
+from llm_i2i.index.store import write_index
+from llm_i2i.io import write_json, write_parquet
+from llm_i2i.pipeline.artifacts import Artifact, ArtifactStore, StageResult, fingerprint_path
+from llm_i2i.pipeline.config import PipelineConfig
+from llm_i2i.pipeline.fuse import FuseConfig, Fused, fuse
+from llm_i2i.progress import Progress, log
+
+BASELINE, LLM_I2I = "no_aug", "llm_i2i"
+
+
+# ---------------------------------------------------------------------------- LLM operations
+
+
+@dataclass
+class LLMOps:
+    """The LLM calls the pipeline makes; `real_llm_ops()` binds them to `llm_i2i.llm`."""
+
+    sft: Callable[[dict[str, Any], Path, Path], Path]  # (config, dataset_dir, out_dir) -> checkpoint dir
+    generate: Callable[[dict[str, Any], Path, Path, Path], dict]  # (config, ckpt, dataset_dir, out_path) -> stats
+    discriminate: Callable[[dict[str, Any], Path, Path, Path, Path], dict]  # (+ pairs_path) -> stats
+    evaluate_generator: Callable[[Path, Path, Any, dict[str, Any]], dict]  # (ckpt, dataset_dir, eval_cfg, gen cfg)
+    discriminator_auc: Callable[[Path, Path], float]  # (ckpt, dataset_dir) -> AUC on the test split
+
+
+def real_llm_ops() -> LLMOps:
+    def sft(cfg: dict[str, Any], dataset_dir: Path, out_dir: Path) -> Path:
+        from llm_i2i.config import from_dict
+        from llm_i2i.llm.sft import SFTConfig, run_sft
+
+        return Path(run_sft(from_dict(SFTConfig, cfg), dataset_dir, out_dir))
+
+    def generate(cfg, ckpt, dataset_dir, out_path):
+        from llm_i2i.config import from_dict
+        from llm_i2i.llm.generate import GenerateConfig, run_generate
+
+        return run_generate(from_dict(GenerateConfig, cfg), ckpt, dataset_dir, out_path)
+
+    def discriminate(cfg, ckpt, dataset_dir, pairs_path, out_path):
+        from llm_i2i.config import from_dict
+        from llm_i2i.llm.discriminate import DiscriminateConfig, run_discriminate
+
+        return run_discriminate(from_dict(DiscriminateConfig, cfg), ckpt, dataset_dir, pairs_path, out_path)
+
+    def evaluate_generator(ckpt, dataset_dir, eval_cfg, gen_cfg):
+        from llm_i2i.llm.sft import evaluate_generator as ev
+
+        kw = {k: gen_cfg[k] for k in ("history_len", "exclude_history") if k in gen_cfg}
+        return ev(ckpt, dataset_dir, eval_cfg, **kw)
+
+    def discriminator_auc(ckpt, dataset_dir):
+        from llm_i2i.llm.sft import discriminator_auc as auc
+
+        return float(auc(ckpt, dataset_dir, negatives=1, split="test"))
+
+    return LLMOps(sft, generate, discriminate, evaluate_generator, discriminator_auc)
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def dataset_dir(art: Artifact) -> Path:
+    return art.path / "dataset"
+
+
+def checkpoint_of(art: Artifact) -> Path:
+    info = json.loads((art.path / "checkpoint.json").read_text())
+    p = Path(info["path"])
+    return p if p.is_absolute() else art.path / p
+
+
+def _split_of(ds_dir: Path):
+    return leave_one_out(read_canonical(ds_dir).sequences())
+
+
+def _split(art: Artifact):
+    return _split_of(dataset_dir(art))
+
+
+def _count_rows(path: Path) -> int:
+    return pq.ParquetFile(path).metadata.num_rows
+
+
+# ---------------------------------------------------------------------------- stages
+
+
+def prepare(store: ArtifactStore, cfg: PipelineConfig) -> StageResult:
+    """Load the user's data (or the embedded default), validate it, write the canonical dataset."""
+    default = str(cfg.data) in ("default", "synthetic")
+    external = {"data": "default" if default else fingerprint_path(cfg.data)}
+    config = {"data": str(cfg.data) if default else str(Path(cfg.data).resolve()), "synthetic": cfg.synthetic}
+
+    def run(out: Path) -> dict[str, Any]:
+        ds = load_dataset(cfg.data, **(cfg.synthetic if default else {}))
+        save_dataset(ds, out / "dataset")
+        split = leave_one_out(ds.sequences())
+        return {"dataset": ds.name, "split": split.report(), "data_report": ds.report, "rows": ds.interactions.num_rows}
+
+    return store.run_stage("prepare", config, {}, run, external)
+
+
+def sft(store: ArtifactStore, cfg: PipelineConfig, role: str, data: Artifact, ops: LLMOps,
+        name: str | None = None) -> StageResult:
+    """Fine-tune the generator or discriminator, or register an existing checkpoint (`<role>_checkpoint`)."""
+    name = name or f"sft_{role}"
+    reuse = cfg.generator_checkpoint if role == "generator" else cfg.discriminator_checkpoint
+    if reuse:
+        ckpt = Path(reuse).resolve()
+        if not ckpt.exists():
+            raise FileNotFoundError(f"{role}_checkpoint: {ckpt} does not exist")
+
+        def register(out: Path) -> dict[str, Any]:
+            write_json({"path": str(ckpt), "reused": True}, out / "checkpoint.json")
+            m = ckpt / "llm_i2i_manifest.json"
+            return {"reused": str(ckpt), "sft_manifest": json.loads(m.read_text()) if m.exists() else None}
+
+        return store.run_stage(name, {"reuse": str(ckpt)}, {}, register, {"checkpoint": fingerprint_path(ckpt)})
+
+    sft_cfg = {**(cfg.sft_generator if role == "generator" else cfg.sft_discriminator), "role": role}
+    work = store.work_dir(name)  # outside the atomic dir so an interrupted SFT resumes from its checkpoints
+
+    def train(out: Path) -> dict[str, Any]:
+        ckpt = ops.sft(sft_cfg, dataset_dir(data), work)
+        shutil.move(str(ckpt), str(out / "model"))
+        write_json({"path": "model", "reused": False}, out / "checkpoint.json")
+        m = out / "model" / "llm_i2i_manifest.json"
+        return {"sft_manifest": json.loads(m.read_text()) if m.exists() else None}
+
+    return store.run_stage(name, sft_cfg, {"prepare": data}, train)
+
+
+def generate(store: ArtifactStore, cfg: PipelineConfig, data: Artifact, gen: Artifact, ops: LLMOps,
+             name: str = "generate") -> StageResult:
+    """Synthetic candidates: top-N items per user from the generator, given the user's recent history."""
+
+    def run(out: Path) -> dict[str, Any]:
+        stats = ops.generate(dict(cfg.generate), checkpoint_of(gen), dataset_dir(data), out / "candidates.parquet")
+        return {**(stats or {}), "rows": _count_rows(out / "candidates.parquet")}
+
+    return store.run_stage(name, dict(cfg.generate), {"prepare": data, "sft_generator": gen}, run)
+
+
+def real_train_pairs(ds_dir: Path) -> pa.Table:
+    """The real training interactions (each user's items[:-2] by time) as (user_id, item_id, timestamp)."""
+    inter = read_canonical(ds_dir).interactions
+    users = inter.column("user_id").to_numpy()
+    ts = inter.column("timestamp").to_numpy()
+    order = np.lexsort((np.arange(len(users)), ts, users))
+    u = users[order]
+    starts = np.searchsorted(u, u, side="left")
+    ends = np.searchsorted(u, u, side="right")
+    keep = order[(np.arange(len(u)) - starts) < (ends - starts - 2)]
+    return inter.take(np.sort(keep)).select(["user_id", "item_id", "timestamp"])
+
+
+def discriminate(store: ArtifactStore, cfg: PipelineConfig, data: Artifact, disc: Artifact, cands: Artifact,
+                 ops: LLMOps, name: str = "discriminate", score_real: bool | None = None) -> StageResult:
+    """P(Yes) for every synthetic candidate (and, for the "w/o generator" ablation, every real training pair)."""
+    score_real = cfg.score_real if score_real is None else score_real
+    config = {**cfg.discriminate, "score_real": score_real}
+
+    def run(out: Path) -> dict[str, Any]:
+        ckpt = checkpoint_of(disc)
+        stats = {"synthetic": ops.discriminate(dict(cfg.discriminate), ckpt, dataset_dir(data),
+                                               cands.path / "candidates.parquet", out / "scored.parquet")}
+        if score_real:
+            pairs = out / "real_pairs.parquet"
+            write_parquet(real_train_pairs(dataset_dir(data)), pairs)
+            stats["real"] = ops.discriminate(dict(cfg.discriminate), ckpt, dataset_dir(data), pairs,
+                                             out / "real_scored.parquet")
+            pairs.unlink()
+        return stats
+
+    return store.run_stage(name, config, {"prepare": data, "sft_discriminator": disc, "generate": cands}, run)
+
+
+def fuse_variants(cfg: PipelineConfig) -> dict[str, tuple[FuseConfig, str]]:
+    """Every training set the evaluation needs: name -> (fuse config, which scored candidates to use)."""
+    f = cfg.fuse
+    out = {BASELINE: (FuseConfig(add_synthetic=False), "main"), LLM_I2I: (f, "main")}
+    if cfg.ablations:
+        out["wo_discriminator"] = (replace(f, use_discriminator=False), "main")
+        out["wo_threshold"] = (replace(f, threshold=0.5), "main")
+        if cfg.score_real:
+            out["wo_generator"] = (replace(f, add_synthetic=False, filter_real=True), "main")
+        if cfg.alpha1_generator_checkpoint:
+            out["wo_longtail_loss"] = (f, "alpha1")
+    for n in cfg.recall_numbers:
+        out[f"recall_number={n}"] = (replace(f, recall_number=int(n)), "main")
+    for c in cfg.confidence_levels:
+        out[f"confidence={c:g}"] = (replace(f, threshold=float(c)), "main")
+    return out
+
+
+def _save_fused(fused: Fused, out: Path, synthetic_weight: float) -> None:
+    out.mkdir(parents=True)
+    s = fused.sequences
+    write_parquet(fused.to_table(synthetic_weight), out / "interactions.parquet")
+    for key, arr in (("user_ids", s.user_ids), ("indptr", s.indptr), ("items", s.items),
+                     ("item_ids", s.item_ids), ("n_real", fused.n_real)):
+        np.save(out / f"{key}.npy", np.ascontiguousarray(arr), allow_pickle=False)
+    write_json(fused.report, out / "report.json")
+
+
+def load_fused_sequences(variant_dir: Path) -> Sequences:
+    a = {k: np.load(variant_dir / f"{k}.npy", allow_pickle=False) for k in ("user_ids", "indptr", "items", "item_ids")}
+    return Sequences(a["user_ids"], a["indptr"], a["items"], a["item_ids"])
+
+
+def fuse_stage(store: ArtifactStore, cfg: PipelineConfig, data: Artifact, scored: dict[str, Artifact]) -> StageResult:
+    """Build every variant's training data from the train split + scored candidates (see `fuse.py`)."""
+    variants = fuse_variants(cfg)
+    config = {"variants": {k: {**to_dict(v), "source": s} for k, (v, s) in variants.items()}}
+
+    def run(out: Path) -> dict[str, Any]:
+        train = _split(data).train
+        tables = {k: pq.read_table(a.path / "scored.parquet") for k, a in scored.items()}
+        real = scored["main"].path / "real_scored.parquet"
+        real_scores = pq.read_table(real) if real.exists() else None
+        reports = {}
+        for name, (fcfg, source) in variants.items():
+            fused = fuse(train, tables.get(source), fcfg, real_scores if fcfg.filter_real else None)
+            _save_fused(fused, out / "variants" / _safe(name), fcfg.synthetic_weight)
+            reports[name] = fused.report
+            log.info(f"[fuse] {name}: kept {fused.report['synthetic']['kept']} synthetic, "
+                     f"{fused.report['real']['kept']} real")
+        # the main augmented dataset, canonical (what `llm-i2i index --interactions` or other tools can read)
+        main = out / "variants" / _safe(LLM_I2I)
+        ds = read_canonical(dataset_dir(data))
+        save_dataset(type(ds)(ds.name + "+llm_i2i", pq.read_table(main / "interactions.parquet"), ds.items,
+                              {"fuse": reports[LLM_I2I]}), out / "dataset")
+        return {"variants": reports}
+
+    return store.run_stage("fuse", config, {"prepare": data, **{f"scored_{k}": a for k, a in scored.items()}}, run)
+
+
+def _safe(name: str) -> str:
+    return name.replace("=", "_")
+
+
+def fit_plan(cfg: PipelineConfig) -> list[tuple[str, str]]:
+    """(backbone, variant) pairs to fit: every backbone with and without augmentation; all variants on the first."""
+    first = cfg.backbones[0]
+    plan = [(first, v) for v in fuse_variants(cfg)]
+    plan += [(b, v) for b in cfg.backbones[1:] for v in (BASELINE, LLM_I2I)]
+    return plan
+
+
+def fit_one(backbone: str, overrides: dict[str, Any], variant_dir: str, valid_targets: np.ndarray) -> dict[str, Any]:
+    """Fit one backbone on one fused training set; returns the neighbour arrays and timing (Ray-task friendly)."""
+    train = load_fused_sequences(Path(variant_dir))
+    model = make_backbone(backbone, None, overrides)
+    t0 = time.perf_counter()
+    nb = model.fit(train, valid_targets)
+    return {"indptr": nb.indptr, "neighbors": nb.neighbors, "scores": nb.scores, "item_ids": nb.item_ids,
+            "seconds": time.perf_counter() - t0, "config": to_dict(model.config),
+            "fit_report": getattr(model, "report", {})}
+
+
+MapFn = Callable[[Callable[..., Any], Iterable[tuple]], list]
+
+
+def serial_map(fn: Callable[..., Any], args: Iterable[tuple]) -> list:
+    return [fn(*a) for a in args]
+
+
+def train_i2i(store: ArtifactStore, cfg: PipelineConfig, data: Artifact, fused: Artifact,
+              map_fn: MapFn = serial_map) -> StageResult:
+    """Fit the I2I backbones on the fused variants; `map_fn` may run the fits in parallel (Ray tasks)."""
+    plan = fit_plan(cfg)
+    config = {"plan": plan, "i2i": {b: cfg.i2i.get(b, {}) for b in cfg.backbones}}
+
+    def run(out: Path) -> dict[str, Any]:
+        valid = _split(data).targets("valid")
+        args = [(b, cfg.i2i.get(b, {}), str(fused.path / "variants" / _safe(v)), valid) for b, v in plan]
+        log.info(f"[train_i2i] {len(plan)} fits: {plan}")
+        results = map_fn(fit_one, args)
+        fits = {}
+        for (b, v), r in zip(plan, results):
+            nb = Neighbors(r["indptr"], r["neighbors"], r["scores"], r["item_ids"])
+            write_parquet(nb.to_table(), out / b / _safe(v) / "neighbors.parquet")
+            fits[f"{b}/{v}"] = {"seconds": r["seconds"], "config": r["config"], "fit_report": r["fit_report"],
+                                "rows": int(nb.indptr[-1])}
+        write_json(fits, out / "fits.json")
+        return {"fits": fits}
+
+    return store.run_stage("train_i2i", config, {"prepare": data, "fuse": fused}, run)
+
+
+def read_fit(art: Artifact, backbone: str, variant: str, item_ids: np.ndarray) -> Neighbors:
+    return Neighbors.from_table(pq.read_table(art.path / backbone / _safe(variant) / "neighbors.parquet"), item_ids)
+
+
+def build_index(store: ArtifactStore, cfg: PipelineConfig, data: Artifact, fits: Artifact) -> StageResult:
+    """The served index: `index_backbone` fitted on the LLM-I2I data (readable by `llm_i2i.index.store`)."""
+
+    def run(out: Path) -> dict[str, Any]:
+        item_ids = read_canonical(dataset_dir(data)).items.column("item_id").to_numpy()
+        nb = read_fit(fits, cfg.index_backbone, LLM_I2I, np.sort(item_ids))
+        info = json.loads((fits.path / "fits.json").read_text())[f"{cfg.index_backbone}/{LLM_I2I}"]
+        write_index(nb, out / "index", {"backbone": cfg.index_backbone, "variant": LLM_I2I,
+                                        "backbone_config": info["config"], "dataset": data.manifest["stats"]["dataset"]})
+        return {"rows": int(nb.indptr[-1]), "items": nb.n_items}
+
+    return store.run_stage("build_index", {"backbone": cfg.index_backbone}, {"train_i2i": fits}, run)
+
+
+def evaluate(store: ArtifactStore, cfg: PipelineConfig, data: Artifact, fits: Artifact, gen: Artifact | None,
+             disc: Artifact | None, ops: LLMOps) -> StageResult:
+    """Metrics of every fit on the test split (protocol `eval_preset`), the generator alone, discriminator AUC."""
+    eval_cfg = cfg.eval_config()
+    config = {"eval": to_dict(eval_cfg), "plan": fit_plan(cfg), "generator_alone": cfg.generator_alone,
+              "generator_alone_max_users": cfg.generator_alone_max_users, "discriminator_auc": cfg.discriminator_auc,
+              "generate": cfg.generate}
+    inputs = {"prepare": data, "train_i2i": fits}
+    if gen is not None:
+        inputs["sft_generator"] = gen
+    if disc is not None:
+        inputs["sft_discriminator"] = disc
+
+    def run(out: Path) -> dict[str, Any]:
+        split = _split(data)
+        results: dict[str, Any] = {"fits": {}}
+        prog = Progress(len(fit_plan(cfg)), "evaluate", "fits", every_s=10)
+        for b, v in fit_plan(cfg):
+            nb = read_fit(fits, b, v, split.full.item_ids)
+            results["fits"][f"{b}/{v}"] = evaluate_neighbors(nb, split, eval_cfg)
+            prog.update()
+        prog.close()
+        if cfg.generator_alone and gen is not None:
+            gen_cfg = {**cfg.generate}
+            if cfg.generator_alone_max_users:
+                gen_cfg["max_users"] = cfg.generator_alone_max_users
+            t0 = time.perf_counter()
+            results["generator_alone"] = ops.evaluate_generator(checkpoint_of(gen), dataset_dir(data), eval_cfg, gen_cfg)
+            results["generator_alone_seconds"] = time.perf_counter() - t0
+        if cfg.discriminator_auc and disc is not None:
+            results["discriminator_auc"] = ops.discriminator_auc(checkpoint_of(disc), dataset_dir(data))
+        results["protocol"] = to_dict(eval_cfg)
+        write_json(results, out / "metrics.json")
+        return {"fits": len(results["fits"])}
+
+    return store.run_stage("evaluate", config, inputs, run)

@@ -1,0 +1,75 @@
+"""Deterministic stand-ins for the LLM calls, so orchestration is tested without training a model.
+
+They write the same tables as `llm_i2i.llm.generate` / `discriminate` (candidates with rank, pairs with
+confidence + error) and count their calls, so tests can assert what ran and what was skipped.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from llm_i2i.data import leave_one_out, read_canonical
+from llm_i2i.eval.evaluate import evaluate_topk
+from llm_i2i.pipeline.stages import LLMOps
+
+
+class FakeLLM:
+    def __init__(self, fail_in: str | None = None):
+        self.calls: Counter = Counter()
+        self.fail_in = fail_in  # raise inside this op once, to simulate a crash mid-stage
+
+    def _maybe_fail(self, op: str) -> None:
+        if self.fail_in == op:
+            self.fail_in = None
+            raise RuntimeError(f"injected failure in {op}")
+
+    def sft(self, cfg, dataset_dir: Path, out_dir: Path) -> Path:
+        self.calls["sft_" + cfg["role"]] += 1
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "llm_i2i_manifest.json").write_text(json.dumps({"role": cfg["role"], "fake": True}))
+        return out_dir
+
+    def generate(self, cfg, ckpt, dataset_dir, out_path):
+        self.calls["generate"] += 1
+        split = leave_one_out(read_canonical(dataset_dir).sequences())
+        n = int(cfg.get("recall_number", 5))
+        rng = np.random.default_rng(0)
+        users = np.repeat(split.train.user_ids, n)
+        items = rng.choice(split.full.item_ids, len(users))
+        # write part of the output, then maybe crash: a half-written stage must not count as finished
+        pq.write_table(pa.table({"user_id": users[:10]}), out_path)
+        self._maybe_fail("generate")
+        pq.write_table(pa.table({"user_id": users, "item_id": items, "rank": np.tile(np.arange(n), split.train.n_users),
+                                 "score": np.zeros(len(users), np.float32), "error": pa.nulls(len(users), pa.string())}),
+                       out_path)
+        return {"users": int(split.train.n_users)}
+
+    def discriminate(self, cfg, ckpt, dataset_dir, pairs_path, out_path):
+        self.calls["discriminate"] += 1
+        pairs = pq.read_table(pairs_path)
+        pairs = pairs.drop([c for c in ("confidence", "error") if c in pairs.column_names])
+        rng = np.random.default_rng(pairs.num_rows)
+        conf = rng.choice([0.2, 0.7, 0.999, 1.0], pairs.num_rows).astype(np.float32)
+        pq.write_table(pairs.append_column("confidence", pa.array(conf)).append_column(
+            "error", pa.nulls(pairs.num_rows, pa.string())), out_path)
+        return {"pairs_in": pairs.num_rows}
+
+    def evaluate_generator(self, ckpt, dataset_dir, eval_cfg, gen_cfg):
+        """Most-popular items for everyone: a real ranking, scored by the real evaluator."""
+        self.calls["evaluate_generator"] += 1
+        split = leave_one_out(read_canonical(dataset_dir).sequences())
+        top = np.argsort(-split.train.item_counts(), kind="stable")[: eval_cfg.max_k]
+        return evaluate_topk(np.tile(top, (split.full.n_users, 1)), split, eval_cfg)
+
+    def discriminator_auc(self, ckpt, dataset_dir):
+        self.calls["discriminator_auc"] += 1
+        return 0.5
+
+    def ops(self) -> LLMOps:
+        return LLMOps(self.sft, self.generate, self.discriminate, self.evaluate_generator, self.discriminator_auc)

@@ -16,6 +16,7 @@ import json
 import os
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -35,24 +36,28 @@ APP_NAME = "i2i"
 @serve.deployment(name=DEPLOYMENT_NAME, max_ongoing_requests=32, health_check_period_s=2)
 class I2IIndexDeployment:
     def __init__(self, config: dict[str, Any]):
+        """`config`: ServeConfig fields except index_dir, which arrives through `user_config` so that changing it
+        is an in-place reconfigure of the running replicas, not a replacement of them."""
         setup_logging()
-        cfg = from_dict(ServeConfig, config)
-        cfg.admin_token = cfg.admin_token or os.environ.get("LLM_I2I_ADMIN_TOKEN", "")
-        self.service = IndexService(cfg)
+        self.cfg = from_dict(ServeConfig, config)
+        self.cfg.admin_token = self.cfg.admin_token or os.environ.get("LLM_I2I_ADMIN_TOKEN", "")
+        self.service: IndexService | None = None
         self.replica_id = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.started_unix = time.time()
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """`user_config: {index_dir: ...}` hot-swaps the index. A refused index is logged and reported by /version
-        (last_swap_error) but never raised: raising would make Serve replace replicas that are serving fine."""
-        index_dir = (user_config or {}).get("index_dir")
-        if not index_dir:
+        """`user_config: {index_dir: ...}` loads (first call) or hot-swaps the index. A replica without an index
+        raises (the deployment fails with the loader's message); a replica that is serving logs a refused index and
+        reports it in /version (last_swap_error) instead of raising, which would make Serve replace it."""
+        index_dir = str((user_config or {}).get("index_dir") or "")
+        if self.service is None:
+            self.service = IndexService(replace(self.cfg, index_dir=index_dir))
             return
         current = self.service.index
-        if Path(index_dir).resolve() == current.path.resolve() and _manifest_sha(index_dir) == current.manifest_sha256:
+        if index_dir and Path(index_dir).resolve() == current.path.resolve() and _manifest_sha(index_dir) == current.manifest_sha256:
             return
         try:
-            self.service.swap(str(index_dir))
+            self.service.swap(index_dir)
         except CorruptIndexError as e:
             log.error(f"user_config swap refused: {e}")
 
@@ -100,14 +105,63 @@ def _json(status: int, payload: dict[str, Any]) -> Response:
 
 
 def build_app(args: dict[str, Any]) -> serve.Application:
-    """App builder for `serve run serve_apps/config.yaml` and `llm-i2i serve`: `args` are `ServeConfig` fields.
-    A relative index_dir is resolved against the builder's working directory, so replicas get an absolute path."""
+    """App builder (`import_path: serve_apps.i2i_app:build_app`): `args` are `ServeConfig` fields. index_dir, if
+    given here, becomes the initial user_config; a `deployments[].user_config` in the Serve config overrides it,
+    and that is where a hot-swappable index_dir belongs (args are part of Serve's code version: changing them
+    replaces replicas instead of reconfiguring them)."""
     cfg = from_dict(ServeConfig, dict(args))
-    cfg.index_dir = str(Path(cfg.index_dir).resolve()) if cfg.index_dir else ""
     deployment = I2IIndexDeployment.options(
         num_replicas=cfg.replicas,
         ray_actor_options={"num_cpus": cfg.replica_cpus},
-        user_config={"index_dir": cfg.index_dir},
+        user_config={"index_dir": str(Path(cfg.index_dir).resolve()) if cfg.index_dir else ""},
     )
-    return deployment.bind(to_dict(cfg))
+    return deployment.bind(to_dict(replace(cfg, index_dir="", replicas=1)))
 
+
+def serve_config(cfg: ServeConfig) -> dict[str, Any]:
+    """The declarative Serve config (the shape of serve_apps/config.yaml) for `cfg`."""
+    args = {k: v for k, v in to_dict(cfg).items() if k not in ("index_dir", "replicas", "host", "port")}
+    return {
+        "proxy_location": "HeadOnly",
+        "http_options": {"host": cfg.host, "port": cfg.port},
+        "applications": [
+            {
+                "name": APP_NAME,
+                "route_prefix": "/",
+                "import_path": "serve_apps.i2i_app:build_app",
+                "args": args,
+                "deployments": [
+                    {
+                        "name": DEPLOYMENT_NAME,
+                        "num_replicas": cfg.replicas,
+                        "user_config": {"index_dir": str(Path(cfg.index_dir).resolve())},
+                    }
+                ],
+            }
+        ],
+    }
+
+
+def deploy(cfg: ServeConfig, timeout_s: float = 120.0) -> serve.handle.DeploymentHandle:
+    """Apply `serve_config(cfg)` the way `serve deploy` / `serve run config.yaml` do, on the Ray cluster this
+    process is connected to. Re-applying with another index_dir is a lightweight update: every replica's
+    `reconfigure` loads and verifies the new index while the old one keeps serving. Returns once the app runs."""
+    from ray.serve._private import api as serve_private  # what the `serve run` CLI itself calls
+    from ray.serve.schema import ServeDeploySchema
+
+    schema = ServeDeploySchema.model_validate(serve_config(cfg))
+    client = serve_private.serve_start(http_options=schema.http_options.model_dump(),
+                                       proxy_location=schema.proxy_location)
+    client.deploy_apps(schema, _blocking=True)
+    deadline = time.monotonic() + timeout_s
+    while True:  # apply_config is asynchronous: wait until the new target is rolled out, not the old RUNNING state
+        app = serve.status().applications.get(APP_NAME)
+        dep = app.deployments.get(DEPLOYMENT_NAME) if app else None
+        if app and app.status == "RUNNING" and dep and dep.status == "HEALTHY":
+            break
+        if app and app.status in ("DEPLOY_FAILED", "UNHEALTHY"):
+            raise RuntimeError(f"Serve app {APP_NAME} failed to deploy: {app.message or (dep.message if dep else '')}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"Serve app {APP_NAME} not running after {timeout_s}s")
+        time.sleep(0.2)
+    return serve.get_app_handle(APP_NAME)

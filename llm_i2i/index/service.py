@@ -61,6 +61,9 @@ class RequestError(ValueError):
         super().__init__(message)
         self.status = status
 
+    def __reduce__(self):  # picklable across Ray (the default would call RequestError(message))
+        return RequestError, (self.status, str(self))
+
 
 @dataclass(frozen=True)
 class _Loaded:

@@ -44,7 +44,7 @@ class PipelineConfig:
     eval_preset: str = "paper"
     eval_overrides: dict[str, Any] = field(default_factory=dict)
     generator_alone: bool = True  # evaluate the generator as a recommender (ablation "w/o Swing")
-    generator_alone_max_users: int | None = None  # subsample users for the generator-alone eval (CPU budget)
+    llm_eval_max_users: int | None = None  # first N users for generator-alone metrics and AUC (CPU budget)
     discriminator_auc: bool = True
     index_backbone: str = "swing"  # which fitted model's LLM-I2I neighbours become the served index
     # Ray

@@ -45,7 +45,7 @@ class LLMOps:
     generate: Callable[[dict[str, Any], Path, Path, Path], dict]  # (config, ckpt, dataset_dir, out_path) -> stats
     discriminate: Callable[[dict[str, Any], Path, Path, Path, Path], dict]  # (+ pairs_path) -> stats
     evaluate_generator: Callable[[Path, Path, Any, dict[str, Any]], dict]  # (ckpt, dataset_dir, eval_cfg, gen cfg)
-    discriminator_auc: Callable[[Path, Path], float]  # (ckpt, dataset_dir) -> AUC on the test split
+    discriminator_auc: Callable[[Path, Path, Any], float]  # (ckpt, dataset_dir, max_users) -> test AUC, random negatives
 
 
 def real_llm_ops() -> LLMOps:
@@ -53,7 +53,10 @@ def real_llm_ops() -> LLMOps:
         from llm_i2i.config import from_dict
         from llm_i2i.llm.sft import SFTConfig, run_sft
 
-        return Path(run_sft(from_dict(SFTConfig, cfg), dataset_dir, out_dir))
+        ckpt = run_sft(from_dict(SFTConfig, cfg), dataset_dir, out_dir)
+        if ckpt is None:
+            raise RuntimeError(f"SFT stopped early (stop_after_steps); its resume state is in {out_dir}: run again")
+        return Path(ckpt)
 
     def generate(cfg, ckpt, dataset_dir, out_path):
         from llm_i2i.config import from_dict
@@ -70,13 +73,13 @@ def real_llm_ops() -> LLMOps:
     def evaluate_generator(ckpt, dataset_dir, eval_cfg, gen_cfg):
         from llm_i2i.llm.sft import evaluate_generator as ev
 
-        kw = {k: gen_cfg[k] for k in ("history_len", "exclude_history") if k in gen_cfg}
+        kw = {k: gen_cfg[k] for k in ("history_len", "exclude_history", "max_users") if gen_cfg.get(k) is not None}
         return ev(ckpt, dataset_dir, eval_cfg, **kw)
 
-    def discriminator_auc(ckpt, dataset_dir):
+    def discriminator_auc(ckpt, dataset_dir, max_users):
         from llm_i2i.llm.sft import discriminator_auc as auc
 
-        return float(auc(ckpt, dataset_dir, negatives=1, split="test"))
+        return float(auc(ckpt, dataset_dir, negatives="random", split="test", max_users=max_users))
 
     return LLMOps(sft, generate, discriminate, evaluate_generator, discriminator_auc)
 
@@ -335,7 +338,7 @@ def evaluate(store: ArtifactStore, cfg: PipelineConfig, data: Artifact, fits: Ar
     """Metrics of every fit on the test split (protocol `eval_preset`), the generator alone, discriminator AUC."""
     eval_cfg = cfg.eval_config()
     config = {"eval": to_dict(eval_cfg), "plan": fit_plan(cfg), "generator_alone": cfg.generator_alone,
-              "generator_alone_max_users": cfg.generator_alone_max_users, "discriminator_auc": cfg.discriminator_auc,
+              "llm_eval_max_users": cfg.llm_eval_max_users, "discriminator_auc": cfg.discriminator_auc,
               "generate": cfg.generate}
     inputs = {"prepare": data, "train_i2i": fits}
     if gen is not None:
@@ -353,14 +356,12 @@ def evaluate(store: ArtifactStore, cfg: PipelineConfig, data: Artifact, fits: Ar
             prog.update()
         prog.close()
         if cfg.generator_alone and gen is not None:
-            gen_cfg = {**cfg.generate}
-            if cfg.generator_alone_max_users:
-                gen_cfg["max_users"] = cfg.generator_alone_max_users
+            gen_cfg = {**cfg.generate, "max_users": cfg.llm_eval_max_users}
             t0 = time.perf_counter()
             results["generator_alone"] = ops.evaluate_generator(checkpoint_of(gen), dataset_dir(data), eval_cfg, gen_cfg)
             results["generator_alone_seconds"] = time.perf_counter() - t0
         if cfg.discriminator_auc and disc is not None:
-            results["discriminator_auc"] = ops.discriminator_auc(checkpoint_of(disc), dataset_dir(data))
+            results["discriminator_auc"] = ops.discriminator_auc(checkpoint_of(disc), dataset_dir(data), cfg.llm_eval_max_users)
         results["protocol"] = to_dict(eval_cfg)
         write_json(results, out / "metrics.json")
         return {"fits": len(results["fits"])}

@@ -67,7 +67,7 @@ class FakeLLM:
         top = np.argsort(-split.train.item_counts(), kind="stable")[: eval_cfg.max_k]
         return evaluate_topk(np.tile(top, (split.full.n_users, 1)), split, eval_cfg)
 
-    def discriminator_auc(self, ckpt, dataset_dir):
+    def discriminator_auc(self, ckpt, dataset_dir, max_users):
         self.calls["discriminator_auc"] += 1
         return 0.5
 

@@ -1,0 +1,29 @@
+"""`llm-i2i run`: the whole LLM-I2I pipeline on a local Ray (or a cluster with --address), with a report."""
+
+from __future__ import annotations
+
+import argparse
+
+NAME = "run"
+HELP = "run the whole pipeline (prepare -> SFT -> generate -> discriminate -> fuse -> I2I -> index -> evaluate)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from llm_i2i.pipeline.jobs import add_pipeline_arguments
+
+    add_pipeline_arguments(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from llm_i2i.pipeline.jobs import init_ray, pipeline_config, ray_map
+    from llm_i2i.pipeline.runner import run_pipeline
+
+    if args.config is None:
+        args.config = str(Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml")
+    cfg = pipeline_config(args)
+    init_ray(cfg, args.address)
+    run_pipeline(cfg, args.out, map_fn=ray_map(cfg.cpus_per_fit))
+    print(f"\nreport: {args.out}/report.md (json: {args.out}/report.json, plots: {args.out}/plots/)")
+    return 0

@@ -1,0 +1,9 @@
+"""Ray job: the `discriminate` stage of the LLM-I2I pipeline (logic in llm_i2i/pipeline/stages.py).
+
+    ray job submit --working-dir . -- python -m ray_jobs.discriminate --config configs/quickstart.yaml --out out/run
+"""
+
+from llm_i2i.pipeline.jobs import stage_main
+
+if __name__ == "__main__":
+    raise SystemExit(stage_main("discriminate"))

@@ -89,6 +89,13 @@ def topk_from_dense(scores: np.ndarray, k: int, exclude_self: bool = True) -> "t
     k = min(k, m)
     part = np.argpartition(-s, k - 1, axis=1)[:, :k] if k < m else np.tile(np.arange(m), (n, 1))
     ps = np.take_along_axis(s, part, 1)
+    if k < m:  # argpartition picks arbitrarily among values tied with the k-th: re-pick those rows by index
+        kth = ps.min(1)
+        tied = np.flatnonzero(np.isfinite(kth) & ((s >= kth[:, None]).sum(1) > k))
+        for r in tied:
+            cand = np.flatnonzero(s[r] >= kth[r])
+            part[r] = cand[np.lexsort((cand, -s[r, cand]))][:k]
+            ps[r] = s[r, part[r]]
     order = np.lexsort((part, -ps), axis=1)
     return np.take_along_axis(part, order, 1), np.take_along_axis(ps, order, 1)
 
@@ -114,3 +121,33 @@ class I2IModel(abc.ABC):
 
     @abc.abstractmethod
     def fit(self, train: Sequences, valid_targets: np.ndarray | None = None) -> Neighbors: ...
+
+
+def cosine_neighbors(
+    embeddings: np.ndarray, k: int, item_ids: np.ndarray, active: np.ndarray | None = None, block_rows: int = 1024
+) -> Neighbors:
+    """Top-k cosine neighbours of every item from its embedding row, computed `block_rows` items at a
+    time so memory stays O(block_rows * n_items) instead of a dense n_items^2 matrix.
+
+    Items outside `active` (default: items with a non-zero embedding) get no neighbours and are never
+    anyone's neighbour; self is excluded; ties broken by item index. Scores are rounded to 1e-12 so
+    that float noise from the matrix product (which differs between columns and block sizes) does not
+    decide between equal cosines, e.g. of duplicate embeddings."""
+    emb = np.asarray(embeddings, dtype=np.float64)
+    norms = np.linalg.norm(emb, axis=1)
+    ok = norms > 0 if active is None else np.asarray(active, bool) & (norms > 0)
+    unit = np.where(ok[:, None], emb / np.where(norms > 0, norms, 1.0)[:, None], 0.0)
+    n = len(emb)
+    idx_parts, sc_parts = [], []
+    for start in range(0, n, block_rows):
+        stop = min(start + block_rows, n)
+        block = np.round(unit[start:stop] @ unit.T, 12)
+        block[:, ~ok] = -np.inf
+        block[~ok[start:stop]] = -np.inf
+        block[np.arange(stop - start), np.arange(start, stop)] = -np.inf
+        idx, sc = topk_from_dense(block, k, exclude_self=False)
+        idx_parts.append(idx)
+        sc_parts.append(sc)
+    if not idx_parts:
+        return Neighbors(np.zeros(1, np.int64), np.zeros(0, np.int32), np.zeros(0), np.asarray(item_ids, np.int64))
+    return neighbors_from_dense_topk(np.concatenate(idx_parts), np.concatenate(sc_parts), item_ids)

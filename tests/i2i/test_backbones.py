@@ -197,7 +197,10 @@ def test_youtubednn_config_requires_tower_to_end_at_embedding_dim():
 def test_topk_from_dense_breaks_boundary_ties_by_index():
     from llm_i2i.i2i.base import topk_from_dense
 
-    scores = np.array([[1.0, 2.0, 2.0, 2.0, 2.0, 0.5], [3.0, 3.0, 3.0, 3.0, 3.0, 3.0]])
-    for _ in range(5):  # argpartition's choice among ties is arbitrary; the result must not be
-        idx, sc = topk_from_dense(scores[:, np.random.permutation(6)][:, np.argsort(np.random.permutation(6))], 2, False)
-        assert idx.tolist() == [[1, 2], [0, 1]] and sc.tolist() == [[2.0, 2.0], [3.0, 3.0]]
+    scores = np.full((3, 50), 3.0)
+    scores[0, :6] = [1.0, 2.0, 2.0, 2.0, 2.0, 0.5]
+    scores[0, 6:] = 0.0
+    scores[1, ::-1] = np.arange(50) // 10  # five blocks of ten tied values
+    idx, sc = topk_from_dense(scores, 3, exclude_self=False)
+    assert idx.tolist() == [[1, 2, 3], [0, 1, 2], [0, 1, 2]]
+    assert sc.tolist() == [[2.0] * 3, [4.0] * 3, [3.0] * 3]

@@ -37,7 +37,8 @@ class PipelineConfig:
     fuse: FuseConfig = field(default_factory=FuseConfig)
     # ablations / figures, all on the first backbone (Swing in the paper)
     ablations: bool = True
-    alpha1_generator_checkpoint: str | None = None  # α=1 generator for "w/o long-tail loss"; row absent if null
+    wo_longtail_loss: bool = False  # "w/o long-tail loss" row: a second generator with alpha=beta=1
+    alpha1_generator_checkpoint: str | None = None  # reuse a trained α=1 generator for it (else it is trained)
     recall_numbers: tuple[int, ...] = ()  # Figure 5a: fuse with generator ranks < N
     confidence_levels: tuple[float, ...] = ()  # Figure 5b: fuse with confidence >= c
     # evaluation

@@ -15,26 +15,27 @@ ALPHA1 = "alpha1"  # the α=1 generator chain for the "w/o long-tail loss" ablat
 
 
 def _alpha1_cfg(cfg: PipelineConfig) -> PipelineConfig:
-    return replace(cfg, generator_checkpoint=cfg.alpha1_generator_checkpoint)
+    return replace(cfg, generator_checkpoint=cfg.alpha1_generator_checkpoint,
+                   sft_generator={**cfg.sft_generator, "alpha": 1.0, "beta": 1.0})
 
 
 def _sft_generator(store, cfg, ops, map_fn) -> StageResult:
     data = store.get("prepare")
-    if cfg.alpha1_generator_checkpoint:
+    if cfg.wo_longtail_loss:
         st.sft(store, _alpha1_cfg(cfg), "generator", data, ops, name=f"sft_generator_{ALPHA1}")
     return st.sft(store, cfg, "generator", data, ops)
 
 
 def _generate(store, cfg, ops, map_fn) -> StageResult:
     data = store.get("prepare")
-    if cfg.alpha1_generator_checkpoint:
+    if cfg.wo_longtail_loss:
         st.generate(store, cfg, data, store.get(f"sft_generator_{ALPHA1}"), ops, name=f"generate_{ALPHA1}")
     return st.generate(store, cfg, data, store.get("sft_generator"), ops)
 
 
 def _discriminate(store, cfg, ops, map_fn) -> StageResult:
     data, disc = store.get("prepare"), store.get("sft_discriminator")
-    if cfg.alpha1_generator_checkpoint:
+    if cfg.wo_longtail_loss:
         st.discriminate(store, cfg, data, disc, store.get(f"generate_{ALPHA1}"), ops,
                         name=f"discriminate_{ALPHA1}", score_real=False)
     return st.discriminate(store, cfg, data, disc, store.get("generate"), ops)
@@ -42,7 +43,7 @@ def _discriminate(store, cfg, ops, map_fn) -> StageResult:
 
 def _fuse(store, cfg, ops, map_fn) -> StageResult:
     scored = {"main": store.get("discriminate")}
-    if cfg.alpha1_generator_checkpoint:
+    if cfg.wo_longtail_loss:
         scored[ALPHA1] = store.get(f"discriminate_{ALPHA1}")
     return st.fuse_stage(store, cfg, store.get("prepare"), scored)
 

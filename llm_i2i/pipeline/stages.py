@@ -211,7 +211,7 @@ def fuse_variants(cfg: PipelineConfig) -> dict[str, tuple[FuseConfig, str]]:
         out["wo_threshold"] = (replace(f, threshold=0.5), "main")
         if cfg.score_real:
             out["wo_generator"] = (replace(f, add_synthetic=False, filter_real=True), "main")
-        if cfg.alpha1_generator_checkpoint:
+        if cfg.wo_longtail_loss:
             out["wo_longtail_loss"] = (f, "alpha1")
     for n in cfg.recall_numbers:
         out[f"recall_number={n}"] = (replace(f, recall_number=int(n)), "main")

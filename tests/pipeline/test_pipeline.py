@@ -26,7 +26,7 @@ def tiny_config(**kw) -> PipelineConfig:
 def finished(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     fake = FakeLLM()
-    report = run_pipeline(tiny_config(), str(out), fake.ops())
+    report = run_pipeline(tiny_config(wo_longtail_loss=True), str(out), fake.ops())
     return out, fake, report
 
 
@@ -37,7 +37,7 @@ def test_every_stage_writes_a_manifest(finished):
         assert m["stage"] == stage and m["config_hash"] and m["output_hash"]
         for rel, info in m["files"].items():  # the manifest describes exactly what is on disk
             assert (out / stage / rel).stat().st_size == info["bytes"]
-    assert json.loads((out / "fuse" / "manifest.json").read_text())["inputs"].keys() == {"prepare", "scored_main"}
+    assert json.loads((out / "fuse" / "manifest.json").read_text())["inputs"].keys() == {"prepare", "scored_main", "scored_alpha1"}
 
 
 def test_report_has_every_row(finished):
@@ -47,14 +47,16 @@ def test_report_has_every_row(finished):
     for b in on_disk["backbones"].values():
         for side in ("baseline", "llm_i2i"):
             assert {"recall@10", "ndcg@10", "long_tail", "non_long_tail"} <= b[side].keys()
-    assert {"no_aug", "llm_i2i", "wo_discriminator", "wo_threshold", "wo_generator", "wo_i2i"} <= on_disk["ablations"].keys()
+    assert {"no_aug", "llm_i2i", "wo_discriminator", "wo_threshold", "wo_generator", "wo_longtail_loss",
+            "wo_i2i"} <= on_disk["ablations"].keys()
+    assert fake.calls["sft_generator"] == 2  # the α=4 generator and the α=1 one for "w/o long-tail loss"
     assert [row["N"] for row in on_disk["figures"]["recall_number"]] == [1, 4]
     assert on_disk["discriminator_auc"] == 0.5
     syn = on_disk["synthetic_pairs"]
     assert syn["generated"] == 4 * on_disk["dataset"]["users"] and 0 < syn["kept"] < syn["generated"]
     # the no-discriminator variant keeps at least what the thresholded one keeps
     assert on_disk["ablations"]["wo_discriminator"]["fuse"]["synthetic"]["kept"] >= syn["kept"]
-    assert set(on_disk["stages"]) == set(STAGES) and all(s["seconds"] >= 0 for s in on_disk["stages"].values())
+    assert set(on_disk["stages"]) == set(STAGES) | {f"{s}_alpha1" for s in ("sft_generator", "generate", "discriminate")} and all(s["seconds"] >= 0 for s in on_disk["stages"].values())
     assert (out / "plots" / "backbones.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "plots" / "confidence.png").exists() and "| swing |" in (out / "report.md").read_text()
     assert (out / "build_index" / "index" / "neighbors.parquet").exists()
@@ -63,7 +65,7 @@ def test_report_has_every_row(finished):
 def test_rerun_skips_everything(finished):
     out, _, _ = finished
     fake = FakeLLM()
-    run_pipeline(tiny_config(), str(out), fake.ops())
+    run_pipeline(tiny_config(wo_longtail_loss=True), str(out), fake.ops())
     assert sum(fake.calls.values()) == 0
 
 
@@ -77,12 +79,13 @@ def test_changed_fuse_config_redoes_only_downstream(finished, tmp_path):
     from llm_i2i.pipeline.artifacts import ArtifactStore
 
     store = ArtifactStore(str(copy))
-    cfg = tiny_config(fuse={"threshold": 0.9})
+    cfg = tiny_config(wo_longtail_loss=True, fuse={"threshold": 0.9})
     for stage in STAGES:
         run_stage(stage, cfg, str(copy), fake.ops(), store=store)
     status = {h["stage"]: h["status"] for h in store.history}
     assert [s for s in STAGES if status[s] == "skipped"] == ["prepare", "sft_generator", "sft_discriminator", "generate",
                                                               "discriminate"]
+    assert status["sft_generator_alpha1"] == status["discriminate_alpha1"] == "skipped"
     assert sum(fake.calls.values()) == 2  # evaluate re-ran: generator-alone eval + AUC, nothing else
 
 

@@ -117,18 +117,19 @@ class IndexService:
         return {**self._state.index.describe(), "swaps": self.swaps, "last_swap_error": self.last_swap_error}
 
     # ---- queries ---------------------------------------------------------------------------------
-    def _k(self, k: Any, state: _Loaded) -> int:
+    def _k(self, k: Any, state: _Loaded, text_k: bool = False) -> int:
         if k is None:
             k = min(self.cfg.default_k, state.index.k)
-        k = _as_int(k, "k")
+        k = _as_int(k, "k", from_text=isinstance(k, str) and text_k)
         if not 1 <= k <= state.index.k:
             raise RequestError(400, f"k must be between 1 and the index K={state.index.k}, got {k}")
         return k
 
-    def similar(self, item_id: Any, k: Any = None) -> dict[str, Any]:
+    def similar(self, item_id: Any, k: Any = None, from_text: bool = False) -> dict[str, Any]:
+        """`from_text`: item_id and k come from a URL path/query, so decimal strings are accepted."""
         state = self._state
-        kk = self._k(k, state)
-        iid = _as_int(item_id, "item_id")
+        kk = self._k(k, state, from_text)
+        iid = _as_int(item_id, "item_id", from_text)
         dense, known = state.index.dense(np.array([iid], np.int64))
         if not known[0]:
             raise RequestError(404, f"unknown item_id {iid}")
@@ -177,7 +178,7 @@ class IndexService:
         path = path.rstrip("/") or "/"
         if path.startswith("/similar/"):
             _need(method, "GET")
-            return self.similar(path[len("/similar/"):], query.get("k"))
+            return self.similar(path[len("/similar/"):], query.get("k"), from_text=True)
         if path == "/recommend":
             _need(method, "POST")
             req = _json_object(body)
@@ -218,9 +219,10 @@ def _need(method: str, allowed: str) -> None:
         raise RequestError(405, f"method {method} not allowed here; use {allowed}")
 
 
-def _as_int(x: Any, what: str) -> int:
-    """An int64 from a JSON int or a decimal string (path/query); bools, floats and junk are refused."""
-    if isinstance(x, str):
+def _as_int(x: Any, what: str, from_text: bool = False) -> int:
+    """An int64 from a JSON int, or from a decimal string when `from_text` (path/query parameters); bools, floats,
+    numeric strings inside JSON and junk are refused."""
+    if from_text and isinstance(x, str):
         if not _INT_RE.fullmatch(x):
             raise RequestError(400, f"{what} must be an integer, got {x[:40]!r}")
         x = int(x)

@@ -98,6 +98,8 @@ def test_similar_is_the_row(svc):
         ("POST", "/recommend", {}, b'{"recent_items": [-1]}', 404, "unknown item id"),
         ("POST", "/recommend", {}, b'{"recent_items": [{known}], "k": -1}', 400, "between 1"),
         ("POST", "/recommend", {}, b'{"recent_items": [{known}], "exclude_seen": "yes"}', 400, "exclude_seen"),
+        ("POST", "/recommend", {}, b'{"recent_items": [{known}], "k": "3"}', 400, "k must be an integer"),
+        ("POST", "/recommend", {}, b'{"recent_items": ["{known}"]}', 400, "must be an integer"),
         ("POST", "/recommend", {}, b'{"recent_items": [{known}], "extra": 1}', 400, "unknown field"),
         ("GET", "/recommend", {}, None, 405, "use POST"),
         ("GET", "/nope", {}, None, 404, "no route"),

@@ -1,0 +1,84 @@
+"""Serve an I2I index over HTTP with Ray Serve (127.0.0.1 by default):
+
+  GET /similar/{item_id}?k=   POST /recommend {"recent_items": [...oldest first], "k": n, "exclude_seen": bool}
+  GET /healthz   GET /version   POST /admin/swap {"index_dir": ...} (Authorization: Bearer $LLM_I2I_ADMIN_TOKEN)
+
+Hot swap on a running cluster: run this command again with the new --index, `--address auto --detach`; every
+replica loads and verifies the new index while the old one keeps serving (a corrupt one is refused here first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+from llm_i2i.config import load_config
+from llm_i2i.index.service import ServeConfig
+from llm_i2i.index.store import load_index
+from llm_i2i.progress import log
+
+NAME = "serve"
+HELP = "serve an I2I index over HTTP (Ray Serve): /similar, /recommend, /healthz, /version"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--index", help="index directory written by `llm-i2i index` / `baseline` (overrides the config)")
+    p.add_argument("--host", help="HTTP host (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="HTTP port (default 8000)")
+    p.add_argument("--replicas", type=int, help="number of replicas (default 1)")
+    p.add_argument("--config", help="YAML with ServeConfig fields (top level or under 'serve')")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a ServeConfig field")
+    p.add_argument("--admin-token-env", default="LLM_I2I_ADMIN_TOKEN",
+                   help="environment variable holding the admin token (unset: POST /admin/swap disabled)")
+    p.add_argument("--address", default="local", help="Ray cluster address ('local' starts one; 'auto' joins the running one)")
+    p.add_argument("--detach", action="store_true", help="return after deploying instead of serving until Ctrl-C")
+
+
+def resolve_config(args: argparse.Namespace) -> ServeConfig:
+    section = None
+    if args.config:
+        import yaml
+        from pathlib import Path
+
+        loaded = yaml.safe_load(Path(args.config).read_text()) or {}
+        section = "serve" if isinstance(loaded, dict) and "serve" in loaded else None
+    cfg = load_config(ServeConfig, args.config, args.set, section=section)
+    for field, value in (("index_dir", args.index), ("host", args.host), ("port", args.port), ("replicas", args.replicas)):
+        if value is not None:
+            setattr(cfg, field, value)
+    cfg.admin_token = cfg.admin_token or os.environ.get(args.admin_token_env, "")
+    cfg.validate()
+    if not cfg.index_dir:
+        raise ValueError("no index: pass --index DIR (or index_dir in --config)")
+    return cfg
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = resolve_config(args)
+    index = load_index(cfg.index_dir)  # refuse a corrupt index here, with the loader's message, before deploying
+    log.info(f"index {index.version} ({index.n_items} items, K={index.k}, backbone {index.manifest.get('backbone')})")
+
+    import ray
+    from ray import serve
+
+    from serve_apps.i2i_app import deploy
+
+    if args.address == "local":
+        ray.init(address="local", include_dashboard=False)
+    else:
+        ray.init(address=args.address)
+    deploy(cfg)
+    log.info(f"serving on http://{cfg.host}:{cfg.port} ({cfg.replicas} replica(s)); "
+             f"admin swap {'enabled' if cfg.admin_token else 'disabled'}")
+    if args.detach:
+        if args.address == "local":
+            log.warning("--detach with --address local: the local cluster stops when this process exits")
+        return 0
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        log.info("shutting down")
+        serve.shutdown()
+    return 0

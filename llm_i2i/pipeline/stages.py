@@ -149,7 +149,9 @@ def sft(store: ArtifactStore, cfg: PipelineConfig, role: str, data: Artifact, op
 
     def train(out: Path) -> dict[str, Any]:
         ckpt = ops.sft(sft_cfg, dataset_dir(data), work)
-        shutil.move(str(ckpt), str(out / "model"))
+        # copied, not moved: if this process dies before the manifest lands, the rerun finds the finished
+        # checkpoint in `work` (run_sft skips a run whose manifest matches its config)
+        shutil.copytree(ckpt, out / "model")
         write_json({"path": "model", "reused": False}, out / "checkpoint.json")
         m = out / "model" / "llm_i2i_manifest.json"
         return {"sft_manifest": json.loads(m.read_text()) if m.exists() else None}

@@ -28,7 +28,7 @@ OBJECTIVE = "recall@10"
 class SweepConfig:
     pipeline_config: Optional[str] = None  # the pipeline YAML whose run under `pipeline_out` is reused
     pipeline_out: str = "out/run"  # finished pipeline run (prepare, sft_discriminator, discriminate)
-    generators: dict[str, str] = field(default_factory=dict)  # α label -> generator checkpoint; {} = the run's own
+    generators: dict[str, str] = field(default_factory=dict)  # extra α label -> generator checkpoint (besides the run's)
     thresholds: tuple[float, ...] = (0.5, 0.9, 0.99, 0.995)
     recall_numbers: tuple[int, ...] = (5, 10, 20)
     swing_alpha1: tuple[float, ...] = (15.0,)
@@ -65,7 +65,8 @@ def trial_metrics(params: dict[str, Any], dataset_dir: str, scored_path: str, ev
 
 
 def prepare_generators(sweep: SweepConfig) -> tuple[str, dict[str, str]]:
-    """(dataset dir, {generator label: scored candidates path}), running generate+discriminate where needed."""
+    """(dataset dir, {generator label: scored candidates}): the run's own generator(s), plus any extra checkpoint
+    pushed through generate+discriminate (at the largest N) with the run's discriminator."""
     from llm_i2i.pipeline.artifacts import ArtifactStore
     from llm_i2i.pipeline.config import PipelineConfig
     from llm_i2i.pipeline.runner import run_stage
@@ -74,14 +75,20 @@ def prepare_generators(sweep: SweepConfig) -> tuple[str, dict[str, str]]:
     cfg = load_config(PipelineConfig, sweep.pipeline_config)
     main = ArtifactStore(sweep.pipeline_out)
     data_dir = str(dataset_dir(main.get("prepare")))
-    if not sweep.generators:
-        return data_dir, {"main": str(main.get("discriminate").path / "scored.parquet")}
+    scored = {}
+    for suffix in ("", "_alpha1"):  # the run's own generators (α=4, and α=1 when it ran the ablation)
+        if main.manifest(f"discriminate{suffix}") is not None:
+            sft = main.get(f"sft_generator{suffix}").manifest
+            alpha = ((sft["stats"].get("sft_manifest") or {}).get("sft_config") or {}).get("alpha", sft["config"].get("alpha"))
+            label = f"alpha={alpha:g}" if alpha is not None else f"run{suffix}"
+            scored[label] = str(main.get(f"discriminate{suffix}").path / "scored.parquet")
+    if not scored and not sweep.generators:
+        raise FileNotFoundError(f"{sweep.pipeline_out}: no finished discriminate stage and no sweep.generators")
     n_max = max(sweep.recall_numbers)
     disc = str(checkpoint_of(main.get("sft_discriminator")))
-    scored = {}
     for label, ckpt in sweep.generators.items():
         gcfg = replace(cfg, generator_checkpoint=ckpt, discriminator_checkpoint=disc, score_real=False,
-                       generate={**cfg.generate, "recall_number": n_max})
+                       wo_longtail_loss=False, generate={**cfg.generate, "recall_number": n_max})
         root = str(Path(sweep.pipeline_out) / "tune_generators" / label.replace("=", "_"))
         store = ArtifactStore(root)
         for stage in ("prepare", "sft_generator", "sft_discriminator", "generate", "discriminate"):

@@ -15,7 +15,7 @@ from llm_i2i.pipeline.tune import SweepConfig, summarize, trial_metrics
 from tests.pipeline.fakes import FakeLLM
 from tests.pipeline.test_pipeline import tiny_config
 
-PARAMS = {"generator": "main", "threshold": 0.99, "recall_number": 3, "swing_alpha1": 5.0, "swing_alpha2": 0.0,
+PARAMS = {"generator": "run", "threshold": 0.99, "recall_number": 3, "swing_alpha1": 5.0, "swing_alpha2": 0.0,
           "swing_beta": 0.3}
 
 

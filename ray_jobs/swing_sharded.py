@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 import ray
 
 from llm_i2i.i2i.base import NEIGHBORS_SCHEMA
-from llm_i2i.i2i.swing import SwingConfig, SwingGraph, build_graph, swing_topk
+from llm_i2i.i2i.swing import SwingConfig, SwingGraph, SwingScratch, build_graph, swing_topk_into
 from llm_i2i.i2i.swing_shards import chunk_ranges, item_work, plan_shards
 from llm_i2i.io import atomic_dir, atomic_path, sha256_file, write_json
 from llm_i2i.progress import log
@@ -57,6 +57,7 @@ class SwingShard:
         arrays = {name: ray.get(ref) for name, ref in refs.items()}  # zero-copy, read-only views
         self.item_ids = arrays.pop("item_ids")
         self.graph = SwingGraph(**arrays, n_items=len(self.item_ids), report={})
+        self.scratch = SwingScratch(len(self.item_ids))  # O(n_items), reused by every chunk
 
     def run(self, chunk_bounds: np.ndarray, k: int, alpha2: float, part_path: str) -> dict:
         t0 = time.perf_counter()
@@ -66,7 +67,7 @@ class SwingShard:
             with pq.ParquetWriter(tmp, NEIGHBORS_SCHEMA) as writer:
                 for lo, hi in zip(chunk_bounds[:-1], chunk_bounds[1:]):
                     todo = np.arange(lo, hi, dtype=np.int64)
-                    idx, sc, st = swing_topk(self.graph, k, alpha2, todo)
+                    idx, sc, st = swing_topk_into(self.graph, k, alpha2, todo, self.scratch)
                     table = chunk_table(todo, idx, sc, self.item_ids)
                     writer.write_table(table, row_group_size=max(table.num_rows, 1))
                     rows += table.num_rows
@@ -105,7 +106,7 @@ def run_sharded_swing(
     out_dir: str | Path,
     k: int,
     alpha2: float,
-    chunk_items: int = 2048,
+    chunk_items: int = 8192,
     chunk_work: float = 2e8,
     cpus_per_shard: float | None = None,
     manifest: dict | None = None,
@@ -199,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="output directory (neighbors.parquet + manifest.json)")
     p.add_argument("--config", help="YAML with SwingConfig fields")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--chunk-items", type=int, default=2048)
+    p.add_argument("--chunk-items", type=int, default=8192)
     p.add_argument("--num-cpus", type=int, default=None, help="local cluster size (default: all cores)")
     p.add_argument("--address", default="local", help="Ray address ('local' starts one on 127.0.0.1)")
     args = p.parse_args(argv)

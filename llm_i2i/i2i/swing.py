@@ -123,9 +123,11 @@ def reservoir_sample(values: np.ndarray, size: int, seed: int, key: int) -> np.n
     res = values[:size].copy()
     if len(values) > size:
         draws = (rng.random(len(values) - size) * np.arange(size + 1, len(values) + 1)).astype(np.int64)
-        for t, j in enumerate(draws):
-            if j < size:
-                res[j] = values[size + t]
+        # the sequential replacements, vectorised: each slot keeps the value of its last draw
+        hits = np.flatnonzero(draws < size)
+        slots_rev = draws[hits][::-1]
+        slot, first_rev = np.unique(slots_rev, return_index=True)
+        res[slot] = values[size + hits[::-1][first_rev]]
     return np.sort(res)
 
 
@@ -134,16 +136,15 @@ def _cap_item_users(indptr, users, cap, seed):
     hot = np.flatnonzero(counts > cap)
     if len(hot) == 0:
         return indptr, users, 0
-    pieces, new_counts = [], counts.copy()
-    for i in range(len(counts)):
-        seg = users[indptr[i] : indptr[i + 1]]
-        if counts[i] > cap:
-            seg = reservoir_sample(seg, cap, seed, i)
-            new_counts[i] = cap
-        pieces.append(seg)
+    new_counts = np.minimum(counts, cap)
     new_indptr = np.zeros_like(indptr)
     np.cumsum(new_counts, out=new_indptr[1:])
-    return new_indptr, np.concatenate(pieces).astype(np.int32), int(len(hot))
+    # keep the first `cap` slots of every item, then overwrite the hot items' slots with their samples
+    keep = np.arange(len(users)) - np.repeat(indptr[:-1], counts) < np.repeat(new_counts, counts)
+    out = users[keep].astype(np.int32)
+    for i in hot:
+        out[new_indptr[i] : new_indptr[i + 1]] = reservoir_sample(users[indptr[i] : indptr[i + 1]], cap, seed, int(i))
+    return new_indptr, out, int(len(hot))
 
 
 @numba.njit(cache=True, nogil=True)
@@ -250,3 +251,99 @@ class Swing(I2IModel):
         idx, sc, steps = swing_topk_threaded(g, self.config.k, self.config.alpha2, self.n_threads)
         self.report = {**g.report, "edges": g.n_edges, "merge_steps": steps}
         return neighbors_from_dense_topk(idx, sc, train.item_ids)
+
+
+# --------------------------------------------------------------------------- sharded-job kernel
+
+
+class SwingScratch:
+    """Per-process work arrays for `swing_topk_into` (O(n_items)), allocated once and reused by
+    every chunk: a shard then costs no allocation per chunk, however many chunks it streams."""
+
+    def __init__(self, n_items: int):
+        self.acc = np.zeros(n_items, np.float64)
+        self.stamp = np.full(n_items, -1, np.int64)
+        self.touched = np.empty(n_items, np.int32)
+        self.common = np.empty(n_items, np.int32)
+
+
+@numba.njit(cache=True, nogil=True)
+def _swing_items_fast(user_indptr, user_items, item_indptr, item_users, weight, alpha2, k, todo,
+                      out_idx, out_sc, work, acc, stamp, touched, common):
+    """`_swing_items` with a branch-free merge and a bounded top-k (partition, then sort <= k plus
+    ties); identical pairs, accumulation order and tie rule, so identical output and step count.
+    Each item of `todo` must appear once per `stamp` lifetime."""
+    steps = 0
+    for row in range(todo.shape[0]):
+        i = todo[row]
+        n_touched = 0
+        us = item_users[item_indptr[i] : item_indptr[i + 1]]
+        for a in range(us.shape[0]):
+            u = us[a]
+            iu = user_items[user_indptr[u] : user_indptr[u + 1]]
+            nu = iu.shape[0]
+            for b in range(a + 1, us.shape[0]):
+                v = us[b]
+                iv = user_items[user_indptr[v] : user_indptr[v + 1]]
+                nv = iv.shape[0]
+                p, q, c = 0, 0, 0
+                while p < nu and q < nv:
+                    x, y = iu[p], iv[q]
+                    common[c] = x
+                    c += x == y
+                    p += x <= y
+                    q += y <= x
+                    steps += 1
+                w = weight[u] * weight[v] / (alpha2 + c)
+                for t in range(c):
+                    j = common[t]
+                    if j == i:
+                        continue
+                    if stamp[j] != i:
+                        stamp[j] = i
+                        acc[j] = 0.0
+                        touched[n_touched] = j
+                        n_touched += 1
+                    acc[j] += w
+        if n_touched == 0:
+            continue
+        cand = touched[:n_touched]
+        if n_touched > k:
+            vals = np.empty(n_touched, np.float64)
+            for t in range(n_touched):
+                vals[t] = acc[cand[t]]
+            thr = np.partition(vals, n_touched - k)[n_touched - k]  # k-th largest score
+            above = 0
+            for t in range(n_touched):
+                above += acc[cand[t]] > thr
+            sel = np.empty(n_touched, np.int32)
+            n_sel = 0
+            for t in range(n_touched):
+                if acc[cand[t]] >= thr:
+                    sel[n_sel] = cand[t]
+                    n_sel += 1
+            cand = sel[:n_sel]  # everything above the threshold and every tie at it
+        cand = np.sort(cand)
+        vals = np.empty(cand.shape[0], np.float64)
+        for t in range(cand.shape[0]):
+            vals[t] = -acc[cand[t]]
+        order = np.argsort(vals, kind="mergesort")  # stable: ties keep ascending item index
+        m = min(k, cand.shape[0])
+        for t in range(m):
+            out_idx[row, t] = cand[order[t]]
+            out_sc[row, t] = acc[cand[order[t]]]
+    work[0] += steps
+
+
+def swing_topk_into(graph: SwingGraph, k: int, alpha2: float, items: np.ndarray, scratch: SwingScratch):
+    """`swing_topk` for the items of one chunk, reusing `scratch`; same results and step count."""
+    todo = np.asarray(items, np.int64)
+    out_idx = np.full((len(todo), k), -1, np.int32)
+    out_sc = np.full((len(todo), k), -np.inf, np.float64)
+    work = np.zeros(1, np.int64)
+    _swing_items_fast(
+        graph.user_indptr, graph.user_items, graph.item_indptr, graph.item_users,
+        graph.user_weight, float(alpha2), k, todo, out_idx, out_sc, work,
+        scratch.acc, scratch.stamp, scratch.touched, scratch.common,
+    )
+    return out_idx, out_sc, int(work[0])

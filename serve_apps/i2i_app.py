@@ -12,6 +12,7 @@ No request batching: one /recommend merge costs ~0.1 ms in-process against ~2 ms
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
@@ -45,7 +46,7 @@ class I2IIndexDeployment:
         self.replica_id = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.started_unix = time.time()
 
-    def reconfigure(self, user_config: dict[str, Any]) -> None:
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """`user_config: {index_dir: ...}` loads (first call) or hot-swaps the index. A replica without an index
         raises (the deployment fails with the loader's message); a replica that is serving logs a refused index and
         reports it in /version (last_swap_error) instead of raising, which would make Serve replace it."""
@@ -56,8 +57,8 @@ class I2IIndexDeployment:
         current = self.service.index
         if index_dir and Path(index_dir).resolve() == current.path.resolve() and _manifest_sha(index_dir) == current.manifest_sha256:
             return
-        try:
-            self.service.swap(index_dir)
+        try:  # hashing a large index must not stall the event loop that keeps serving the old one
+            await asyncio.to_thread(self.service.swap, index_dir)
         except CorruptIndexError as e:
             log.error(f"user_config swap refused: {e}")
 
@@ -75,9 +76,11 @@ class I2IIndexDeployment:
                     return _json(413, {"error": f"body larger than {max_body} bytes"})
                 chunks.append(chunk)
             body = b"".join(chunks)
-        status, payload = self.service.handle_http(
-            request.method, request.url.path, request.query_params, request.headers, body
-        )
+        http = (request.method, request.url.path, request.query_params, request.headers, body)
+        if request.url.path.startswith("/admin/"):  # a swap loads and hashes an index: off the serving loop
+            status, payload = await asyncio.to_thread(self.service.handle_http, *http)
+        else:
+            status, payload = self.service.handle_http(*http)
         if request.url.path.rstrip("/") == "/version" and status == 200:
             payload = {**payload, "replica_id": self.replica_id, "replica_started_unix": self.started_unix}
         return _json(status, payload)

@@ -55,6 +55,7 @@ async def _closed_loop(spec: dict[str, Any]) -> dict[str, Any]:
     statuses: dict[int, int] = {}
     errors: dict[str, int] = {}
     versions: dict[str, int] = {}
+    timeline: list[tuple[float, float, str]] = []  # (unix time, latency ms, index version) when tracking versions
     sent = 0
     track_versions = spec.get("track_versions", False)
     deadline = time.perf_counter() + spec["seconds"]
@@ -74,9 +75,10 @@ async def _closed_loop(spec: dict[str, Any]) -> dict[str, Any]:
                     payload = await resp.read()
                     lat.append(time.perf_counter() - t0)
                     statuses[resp.status] = statuses.get(resp.status, 0) + 1
-                    if track_versions and resp.status == 200:
-                        v = json.loads(payload).get("index_version", "?")
+                    if track_versions:
+                        v = json.loads(payload).get("index_version", "?") if resp.status == 200 else "failed"
                         versions[v] = versions.get(v, 0) + 1
+                        timeline.append((time.time(), lat[-1] * 1e3, v))
             except Exception as e:  # counted, never hidden: a refused connection is a failed request
                 errors[type(e).__name__] = errors.get(type(e).__name__, 0) + 1
 
@@ -89,7 +91,7 @@ async def _closed_loop(spec: dict[str, Any]) -> dict[str, Any]:
     return {"requests": done + sum(errors.values()), "wall_s": wall, "qps": done / wall, **_percentiles(lat),
             "statuses": {str(k): v for k, v in sorted(statuses.items())}, "errors": errors,
             "client_cpu_s": cpu, "client_cpu_share_of_machine": cpu / wall / (os.cpu_count() or 1),
-            "versions": versions}
+            "versions": versions, "timeline": timeline}
 
 
 def client_main(spec_path: str, out_path: str) -> None:
@@ -333,23 +335,31 @@ def main(argv: list[str] | None = None) -> int:
     time.sleep(args.seconds * 0.2)
     events = []
     t0 = time.perf_counter()
+    events_unix = [("user_config -> B", time.time())]
     deploy(replace(cfg, index_dir=str(b)))
     v = _wait_version(url, lambda v: v["index_version"] == ix_b.version)
     events.append({"event": "user_config -> index B", "seconds": time.perf_counter() - t0, "serving": v["index_version"]})
     t0 = time.perf_counter()
+    events_unix.append(("user_config -> corrupt", time.time()))
     deploy(replace(cfg, index_dir=str(bad)))
     v = _wait_version(url, lambda v: bool(v["last_swap_error"]))
     events.append({"event": "user_config -> corrupt index (refused)", "seconds": time.perf_counter() - t0,
                    "serving": v["index_version"], "error": v["last_swap_error"]})
     corrupt_refused_old_serving = v["index_version"] == ix_b.version
+    events_unix.append(("admin -> corrupt", time.time()))
     status, payload = _post(url + "/admin/swap", {"index_dir": str(bad)}, {"authorization": f"Bearer {TOKEN}"})
     events.append({"event": "admin -> corrupt index (refused)", "status": status, "error": payload.get("error")})
     t0 = time.perf_counter()
+    events_unix.append(("admin -> A", time.time()))
     status, payload = _post(url + "/admin/swap", {"index_dir": str(a)}, {"authorization": f"Bearer {TOKEN}"})
     events.append({"event": "admin -> index A", "status": status, "seconds": time.perf_counter() - t0,
                    "serving": payload.get("current", {}).get("index_version")})
     results["swap"] = swap_run.result()
     results["swap"]["events"] = events
+    _plot_swap(results["swap"].pop("timeline"), events_unix, {ix_a.version: "A", ix_b.version: "B"},
+               Path(args.out).with_name(Path(args.out).name + "_swap.png"))
+    for name in ("warmup", "noop", "similar", "recommend"):
+        results[name].pop("timeline")
     results["swap"]["failed_requests"] = sum(n for s, n in results["swap"]["statuses"].items() if s != "200") + sum(
         results["swap"]["errors"].values())
     results["swap"]["corrupt_refused_old_serving"] = corrupt_refused_old_serving
@@ -357,6 +367,7 @@ def main(argv: list[str] | None = None) -> int:
 
     hostile = hostile_requests(random.Random(0), np.asarray(item_ids), ix_a.k, args.m, cfg.max_body_bytes, args.hostile)
     results["hostile"] = LoadRun(tmp, "hostile", url, hostile, 600.0, args.concurrency, len(hostile)).result()
+    results["hostile"].pop("timeline")
     results["hostile"]["responses_ge_500"] = sum(n for s, n in results["hostile"]["statuses"].items() if int(s) >= 500)
     v_end = _get(url + "/version")
     app = serve.status().applications["i2i"].deployments["I2IIndex"]
@@ -399,6 +410,34 @@ def main(argv: list[str] | None = None) -> int:
     write_text(_markdown(report), out.with_suffix(".md"))
     log.info(f"wrote {out}.json / .md; targets {report['targets']}")
     return 0
+
+
+def _plot_swap(timeline: list, events: list[tuple[str, float]], names: dict[str, str], path: Path) -> None:
+    """Latency of every /recommend request during the swap run, coloured by the index that answered it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not timeline:
+        return
+    t0 = timeline[0][0]
+    fig, ax = plt.subplots(figsize=(9, 4))
+    for version in sorted({v for _, _, v in timeline}):
+        pts = [(t - t0, ms) for t, ms, v in timeline if v == version]
+        ax.scatter(*zip(*pts), s=3, label=f"index {names.get(version, version)}" if version != "failed" else "failed",
+                   color="red" if version == "failed" else None)
+    for label, t in events:
+        ax.axvline(t - t0, color="grey", ls="--", lw=0.8)
+        ax.text(t - t0, ax.get_ylim()[1] * 0.95, label, rotation=90, va="top", ha="right", fontsize=7)
+    ax.set(xlabel="seconds into the run", ylabel="latency (ms)", title="/recommend during index hot swaps")
+    ax.legend(loc="upper left", markerscale=4)
+    fig.tight_layout()
+    from llm_i2i.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
 
 
 def _cpu_model() -> str:
@@ -444,7 +483,8 @@ def _markdown(r: dict[str, Any]) -> str:
         "",
         "## Hot swap under /recommend load",
         "",
-        f"{s['requests']:,} requests, **{s['failed_requests']} failed**; responses per index version: {s['versions']}.",
+        f"{s['requests']:,} requests, **{s['failed_requests']} failed**; responses per index version: {s['versions']} "
+        f"(A = {r['index']['version_a']}, B = {r['index']['version_b']}). Timeline: `serve_load_swap.png`.",
         "",
         "| event | result |",
         "|---|---|",

@@ -204,3 +204,18 @@ def test_topk_from_dense_breaks_boundary_ties_by_index():
     idx, sc = topk_from_dense(scores, 3, exclude_self=False)
     assert idx.tolist() == [[1, 2, 3], [0, 1, 2], [0, 1, 2]]
     assert sc.tolist() == [[2.0] * 3, [4.0] * 3, [3.0] * 3]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dataset,paper_r10", [("Beauty", 0.0506), ("Toys_and_Games", 0.0616)])
+def test_swing_reproduces_paper_table2_recall_at_10(shared_data_dir, dataset, paper_r10):
+    """The paper's Table 2 Swing no-aug R@10 (arXiv 2512.21595), within 25%, under the 'paper' preset."""
+    from llm_i2i.data import leave_one_out, load_dataset
+    from llm_i2i.eval.evaluate import evaluate_neighbors
+    from llm_i2i.eval.protocol import EvalConfig
+    from llm_i2i.i2i import make_backbone
+
+    split = leave_one_out(load_dataset(str(shared_data_dir / dataset)).sequences())
+    nb = make_backbone("swing").fit(split.train)
+    r10 = evaluate_neighbors(nb, split, EvalConfig.from_preset("paper", ks=(10,)))["recall@10"]
+    assert abs(r10 - paper_r10) / paper_r10 < 0.25, r10

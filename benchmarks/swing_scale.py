@@ -101,11 +101,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scratch", default="/tmp/swing_scale_scratch")
     p.add_argument("--out", default=str(RESULTS / "swing_scale"))
+    p.add_argument("--render", metavar="PARTIAL_JSON", help="only re-render json/md/png from a (partial) run's JSON")
     args = p.parse_args(argv)
+    if args.render:
+        import json
+
+        done = json.loads(Path(args.render).read_text())
+        finish(done["runs"], done.get("argv"), Path(args.out), done.get("seconds", float("nan")), done["swing_config"])
+        return 0
     sizes = [int(float(s)) for s in args.sizes.split(",") if s]
     spark_sizes = {int(float(s)) for s in args.spark_sizes.split(",") if s}
     cfg = SwingConfig(k=args.k, max_users_per_item=args.max_users_per_item, max_items_per_user=args.max_items_per_user)
     cfg.validate()
+    swing_config = {"k": cfg.k, "alpha1": cfg.alpha1, "alpha2": cfg.alpha2, "beta": cfg.beta,
+                    "max_users_per_item": cfg.max_users_per_item, "max_items_per_user": cfg.max_items_per_user}
     scratch = Path(args.scratch)
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
@@ -120,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     t_all = time.perf_counter()
     try:
         for edges in sizes:
-            row: dict = {"target_edges": edges}
+            row: dict = {"target_edges": edges, "loadavg_at_start": os.getloadavg()}
             t0 = time.perf_counter()
             seqs = power_law_sequences(edges, args.seed)
             graph = build_graph(seqs, cfg)
@@ -131,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
                        max_item_degree_after_cap=int(n_i.max()), graph_report=graph.report,
                        graph_bytes=graph_bytes(graph), estimated_work=float(item_work(graph).sum()))
             log.info(f"[{edges:.0e}] graph: {graph.n_edges} edges, {graph.n_items} items in {row['graph_build_seconds']:.1f}s")
-            row["two_level"] = {n: {k_: v for k_, v in plan_two_level(graph, n).summary().items() if k_ != "per_node"}
+            row["two_level"] = {str(n): {k_: v for k_, v in plan_two_level(graph, n).summary().items() if k_ != "per_node"}
                                 for n in (2, 4, 8, 16)}
             ours_path = None
             for shards in ([1, 2] if edges <= args.one_shard_max else [2]):
@@ -178,28 +187,34 @@ def main(argv: list[str] | None = None) -> int:
                 if "ours_1" in row:
                     row["pyspark"]["vs_ours_1"] = sp["seconds"] / row["ours_1"]["total_seconds"]
                 log.info(f"[{edges:.0e}] pyspark: {sp['seconds']:.1f}s ({row['pyspark']['vs_ours_2']:.0f}x ours x2)")
+            row["loadavg_at_end"] = os.getloadavg()
             rows.append(row)
-            write_json({"partial": True, "runs": rows}, Path(args.out).with_suffix(".partial.json"))
+            write_json({"partial": True, "argv": argv if argv is not None else sys.argv[1:], "runs": rows,
+                        "seconds": time.perf_counter() - t_all, "swing_config": swing_config}, Path(args.out).with_suffix(".partial.json"))
             del graph
     finally:
         ray.shutdown()
+    finish(rows, argv if argv is not None else sys.argv[1:], Path(args.out), time.perf_counter() - t_all, swing_config)
+    return 0
+
+
+def finish(rows: list[dict], argv: list[str] | None, out: Path, seconds: float, swing_config: dict) -> None:
+    """Write json/md/png; rows in edge order whatever order the sizes ran in."""
+    rows = sorted(rows, key=lambda r: r["edges"])
     result = {
-        "command": " ".join([Path(sys.executable).name, "-m", "benchmarks.swing_scale", *(argv if argv is not None else sys.argv[1:])]),
+        "command": " ".join([Path(sys.executable).name, "-m", "benchmarks.swing_scale", *(argv or [])]),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
                     "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)},
-        "swing_config": {"k": cfg.k, "alpha1": cfg.alpha1, "alpha2": cfg.alpha2, "beta": cfg.beta,
-                         "max_users_per_item": cfg.max_users_per_item, "max_items_per_user": cfg.max_items_per_user},
+        "swing_config": swing_config,
         "runs": rows,
         "driver_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-        "benchmark_seconds": time.perf_counter() - t_all,
+        "benchmark_seconds": seconds,
     }
     result["cost_model"] = cost_model(rows)
-    out = Path(args.out)
     write_json(result, out.with_suffix(".json"))
     plot(rows, out.with_suffix(".png"))
     write_text(markdown(result), out.with_suffix(".md"))
-    log.info(f"wrote {out}.{{json,md,png}} in {result['benchmark_seconds']:.0f}s")
-    return 0
+    log.info(f"wrote {out}.{{json,md,png}} in {seconds:.0f}s")
 
 
 def _model_from(row: dict, replication: float) -> CostModel:
@@ -216,13 +231,13 @@ def cost_model(rows: list[dict]) -> dict:
     out: dict = {}
     largest = rows[-1]
     if len(rows) >= 2:
-        fit = _model_from(rows[-2], largest["two_level"][4]["replication"])
+        fit = _model_from(rows[-2], largest["two_level"]["4"]["replication"])
         pred = fit.estimate(largest["edges"], this_node, nodes=1)["wall_hours"] * 3600
         out["check"] = {"fitted_on_edges": rows[-2]["edges"], "predicted_edges": largest["edges"],
                         "predicted_seconds": pred, "measured_seconds": largest["ours_2"]["total_seconds"],
                         "measured_over_predicted": largest["ours_2"]["total_seconds"] / pred}
     cluster = ClusterSpec()
-    model = _model_from(largest, largest["two_level"][4]["replication"])
+    model = _model_from(largest, largest["two_level"]["4"]["replication"])
     out["model"] = {k: getattr(model, k) for k in ("steps_per_edge", "steps_per_s_per_core", "graph_bytes_per_edge",
                                                     "replication", "fixed_seconds")}
     out["cluster_node"] = vars(cluster)
@@ -295,6 +310,15 @@ def markdown(res: dict) -> str:
             f"{o2['edges_per_s']:.3g} | {o2['merge_steps']:.3g} | {o2['floor_seconds']:.1f} | {o2['over_floor']:.1f}× | "
             f"{o2['peak_rss_per_actor_bytes'] / mib:.0f} | {sps} | {refs} |"
         )
+    lines += [
+        "",
+        "Notes: 'ours' = `ray_jobs.swing_sharded.run_sharded_swing` (actors with 1 CPU each, fresh actor processes per",
+        "run, so actor start-up and numba cache loading are included). The Python reference scores an evenly strided",
+        "sample of items; its full time is extrapolated by the sample's share of the estimated work",
+        "(`item_work`). Peak RSS per actor is `ru_maxrss` of the actor process: it includes the object-store pages of",
+        "the shared CSR the actor touched (mapped, not copied) and ~190 MiB of Ray worker baseline. The machine is",
+        "shared with other jobs; the 1-minute load average at the start/end of each size is in the JSON.",
+    ]
     lines += ["", "Agreement with ours (same neighbour at the same rank; float32 scores):", ""]
     for r in res["runs"]:
         for name in ("pyspark", "reference"):

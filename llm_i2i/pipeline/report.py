@@ -108,7 +108,8 @@ def render_markdown(r: dict[str, Any]) -> str:
         f"history masked: {p['mask_history']}; long tail = bottom {p['long_tail_fraction']:.0%} items by train count.",
         "",
         f"Synthetic pairs: {r['synthetic_pairs']['generated']} generated, {r['synthetic_pairs']['kept']} kept "
-        f"(confidence >= {r['synthetic_pairs']['threshold']}). Discriminator AUC: {_fmt(r['discriminator_auc'])}.",
+        f"(confidence >= {r['synthetic_pairs']['threshold']}), appended after each user's real training history in "
+        f"generator-rank order. Discriminator AUC: {_fmt(r['discriminator_auc'])}.",
         "",
         "## Backbones: no augmentation vs LLM-I2I",
         "",

@@ -98,7 +98,10 @@ def render(res: dict) -> str:
     out = [
         "# Paper baselines (no augmentation): Table 2 and Table 4", "",
         f"Command: `{res['command']}`  ",
-        f"Machine: {m['nproc']} CPUs ({m['cpu']}), {m['ram_gib']} GiB RAM, {m['platform']}; finished {res['finished_utc']} UTC.", "",
+        f"Machine: {m['nproc']} CPUs ({m['cpu']}), {m['ram_gib']} GiB RAM, {m['platform']}; finished {res['finished_utc']} UTC.  ",
+        "Load average (1/5/15 min) at start {:.2f} / {:.2f} / {:.2f}, at end {:.2f} / {:.2f} / {:.2f} "
+        "(the machine is shared: fit times are only comparable within this run).".format(
+            *res["load_average_at_start"], *res["load_average_at_end"]), "",
         "Each backbone is fitted on every user's items[:-2] with its default config (BM25 K=20 via implicit, "
         "BPR 100 factors via implicit, YoutubeDNN 64-d two-tower early-stopped on the items[-2] targets) and "
         "scored on the test item (full ranking, one positive per user). Preset **paper**: the trigger is the "
@@ -156,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     for s in args.set:
         model, kv = s.split(".", 1)
         overrides.setdefault(model, []).append(kv)
-    res = {"command": shlex.join([Path(sys.executable).name, *sys.argv]), "machine": machine(), "datasets": {}}
+    res = {"command": shlex.join([Path(sys.executable).name, *sys.argv]), "machine": machine(), "datasets": {},
+           "load_average_at_start": os.getloadavg()}
     for ds_name in args.datasets.split(","):
         ds = load_dataset(str(Path(args.data_root) / ds_name))
         split = leave_one_out(ds.sequences())
@@ -178,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
             }
         res["datasets"][ds_name] = dres
     res["finished_utc"] = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
+    res["load_average_at_end"] = os.getloadavg()
     write_json(res, f"{args.out}.json")
     write_text(render(res), f"{args.out}.md")
     log.info(f"wrote {args.out}.md and {args.out}.json")

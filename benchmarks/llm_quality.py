@@ -1,0 +1,140 @@
+"""Quality of the two LLMs on real data (CPU, default small model), against Swing under the same protocol.
+
+For each dataset: SFT the generator with alpha=4 (paper) and alpha=1 (ablation), and the discriminator
+(initialised from the alpha=4 generator); then on the TEST split
+  * the generator alone as a recommender: top-10 from the user's last <= 10 items (train+valid history),
+    with and without excluding history items, overall and long-tail (bottom 20% by train popularity),
+  * Swing, 'paper' preset (M=1 trigger, no masking) and the same with history masked,
+and the discriminator's ROC-AUC on held-out validation positives vs random and vs Swing-hard negatives.
+
+    flock /tmp/llm_i2i_heavy.lock .venv/bin/python benchmarks/llm_quality.py --datasets Beauty Toys_and_Games
+Results: benchmarks/results/llm_quality.{md,json}; checkpoints: out/llm/<Dataset>/<run>/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from llm_i2i.config import load_config, to_dict  # noqa: E402
+from llm_i2i.data import leave_one_out, load_dataset, save_dataset  # noqa: E402
+from llm_i2i.eval.evaluate import evaluate_neighbors  # noqa: E402
+from llm_i2i.eval.protocol import EvalConfig  # noqa: E402
+from llm_i2i.i2i.swing import Swing  # noqa: E402
+from llm_i2i.io import write_json, write_text  # noqa: E402
+from llm_i2i.llm.modeling import load_checkpoint  # noqa: E402
+from llm_i2i.llm.sft import SFTConfig, discriminator_auc, evaluate_generator, run_sft  # noqa: E402
+from llm_i2i.progress import log, setup_logging  # noqa: E402
+
+RESULTS = REPO / "benchmarks" / "results"
+
+
+def _pick(m: dict) -> dict:
+    return {"recall@10": m["recall@10"], "ndcg@10": m["ndcg@10"], "long_tail_recall@10": m["long_tail"]["recall@10"],
+            "long_tail_ndcg@10": m["long_tail"]["ndcg@10"], "long_tail_users": m["long_tail"]["users"],
+            "users": m["users_evaluated"]}
+
+
+def run_dataset(name: str, data_root: Path, overrides: list[str], runs: list[str]) -> dict:
+    canon = REPO / "out" / "data" / name
+    if not (canon / "interactions.parquet").exists():
+        save_dataset(load_dataset(data_root / name), canon)
+    out = REPO / "out" / "llm" / name
+    res: dict = {"dataset": name, "runs": {}}
+    split = leave_one_out(load_dataset(canon).sequences())
+    test = EvalConfig.from_preset("paper", ks=(10,))
+    t = time.perf_counter()
+    nb = Swing().fit(split.train)
+    res["swing_fit_seconds"] = time.perf_counter() - t
+    res["swing_paper"] = _pick(evaluate_neighbors(nb, split, test))
+    res["swing_paper_masked"] = _pick(evaluate_neighbors(nb, split, EvalConfig.from_preset("paper", ks=(10,), mask_history=True)))
+    specs = {
+        "generator_a4": (["role=generator", "alpha=4.0"], None),
+        "generator_a1": (["role=generator", "alpha=1.0"], None),
+        "discriminator": (["role=discriminator", "epochs=2"], "generator_a4"),
+    }
+    for run in runs:
+        sets, init_from = specs[run]
+        extra = [f"model.base_model={out / init_from}"] if init_from else []
+        cfg = load_config(SFTConfig, None, [*sets, *overrides, *extra])
+        t = time.perf_counter()
+        ckpt = run_sft(cfg, canon, out / run)
+        seconds = time.perf_counter() - t
+        _, _, manifest = load_checkpoint(ckpt)
+        entry = {"checkpoint": str(ckpt), "sft_seconds_this_invocation": seconds, "config": to_dict(cfg),
+                 "training": manifest["training"], "valid_metrics": manifest["metrics"]}
+        if cfg.role == "generator":
+            for excl in (True, False):
+                m = evaluate_generator(ckpt, canon, test, history_len=10, exclude_history=excl)
+                entry[f"test_exclude_history_{excl}"] = _pick(m)
+        else:
+            entry["valid_auc_random"] = discriminator_auc(ckpt, canon, "random")
+            entry["valid_auc_hard"] = discriminator_auc(ckpt, canon, "hard")
+        res["runs"][run] = entry
+        log.info(f"{name}/{run}: {entry.get('test_exclude_history_True', entry.get('valid_auc_random'))}")
+    return res
+
+
+def to_markdown(all_res: list[dict], command: str, seconds: float) -> str:
+    lines = ["# LLM generator / discriminator quality (CPU, default small model)", "",
+             f"Machine: {platform.processor() or platform.machine()}, 2 CPU cores shared, no GPU. Command: `{command}`. "
+             f"Total {seconds:,.0f}s.", "",
+             "Protocol: leave-one-out, TEST split, full ranking, Recall@10 = hit@10. Generator: top-10 from the user's "
+             "last <= 10 items (items[:-1]); Swing: 'paper' preset (fitted on items[:-2], trigger = last item, M=1). "
+             "Long-tail: test target in the bottom 20% of items by train popularity (literal definition).", ""]
+    for r in all_res:
+        lines += [f"## {r['dataset']}", "", "| model | history excluded | R@10 | N@10 | long-tail R@10 | long-tail N@10 |",
+                  "|---|---|---|---|---|---|"]
+        for key, excl in (("swing_paper", "no"), ("swing_paper_masked", "yes")):
+            m = r[key]
+            lines.append(f"| Swing (paper preset) | {excl} | {m['recall@10']:.4f} | {m['ndcg@10']:.4f} | "
+                         f"{m['long_tail_recall@10']:.4f} | {m['long_tail_ndcg@10']:.4f} |")
+        for run, e in r["runs"].items():
+            if not run.startswith("generator"):
+                continue
+            for excl in (True, False):
+                m = e[f"test_exclude_history_{excl}"]
+                lines.append(f"| {run} (alpha={e['config']['alpha']:g}) | {'yes' if excl else 'no'} | {m['recall@10']:.4f} | "
+                             f"{m['ndcg@10']:.4f} | {m['long_tail_recall@10']:.4f} | {m['long_tail_ndcg@10']:.4f} |")
+        if "discriminator" in r["runs"]:
+            e = r["runs"]["discriminator"]
+            lines += ["", f"Discriminator ROC-AUC (validation positives vs one negative per user): random negatives "
+                      f"**{e['valid_auc_random']:.4f}**, Swing-hard negatives **{e['valid_auc_hard']:.4f}**."]
+        lines += ["", "| run | epochs (best) | train s | tokens/s | checkpoint |", "|---|---|---|---|---|"]
+        for run, e in r["runs"].items():
+            tr = e["training"]
+            lines.append(f"| {run} | {len(tr['history'])} ({tr['best_epoch']}) | {tr['train_seconds']:.0f} | "
+                         f"{tr['tokens_per_s']:,.0f} | `{e['checkpoint']}` |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data-root", default=str(REPO.parent / "shared" / "data"))
+    p.add_argument("--datasets", nargs="+", default=["Beauty", "Toys_and_Games"])
+    p.add_argument("--runs", nargs="+", default=["generator_a4", "discriminator", "generator_a1"])
+    p.add_argument("--set", action="append", default=[], help="SFTConfig override for every run")
+    p.add_argument("--tag", default="llm_quality")
+    args = p.parse_args()
+    setup_logging()
+    t0 = time.perf_counter()
+    command = " ".join(["python", *sys.argv])
+    results = []
+    for name in args.datasets:
+        results.append(run_dataset(name, Path(args.data_root), args.set, args.runs))
+        payload = {"command": command, "machine": platform.platform(), "results": results,
+                   "seconds": time.perf_counter() - t0}
+        write_json(payload, RESULTS / f"{args.tag}.json")
+        write_text(to_markdown(results, command, time.perf_counter() - t0), RESULTS / f"{args.tag}.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""SFT examples built from the TRAIN split only, rendered through `prompts.py`, plus batching and collation.
+
+Generator: one example per user sequence (long ones split into chunks of at most `max_items` items, newest
+chunk last, nothing dropped); every token followed by an item token carries that item as its label
+(the item's column in the tokenizer's item order) - teacher forcing over all positions in one pass.
+Discriminator: positives are (history prefix, next item) at up to `positions_per_user` positions per user
+(always including the last); each positive gets `neg_ratio` negatives sampled uniformly from items the user
+never touched in train, or - with hard negatives - from the Swing neighbours of the user's last history item.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from llm_i2i.data.sequences import Sequences
+from llm_i2i.llm.prompts import discriminator_prompt, encode_prompts, generator_prompt
+from llm_i2i.llm.tokenizer import item_vocabulary
+
+
+@dataclass
+class SFTExamples:
+    input_ids: list[np.ndarray]
+    labels: list[np.ndarray]  # generator: per-token item column or -1; discriminator: [1] or [0]
+    report: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.array([len(x) for x in self.input_ids], dtype=np.int64)
+
+
+def _check_vocab(seqs: Sequences, tokenizer) -> None:
+    ids, _ = item_vocabulary(tokenizer)
+    if not np.array_equal(ids, seqs.item_ids):
+        raise ValueError(f"tokenizer knows {len(ids)} items but the dataset has {seqs.n_items}; build the tokenizer on this dataset's items")
+
+
+def generator_examples(train: Sequences, tokenizer, max_items: int = 50, titles=None) -> SFTExamples:
+    _check_vocab(train, tokenizer)
+    _, tids = item_vocabulary(tokenizer)
+    col_of_token = {int(t): c for c, t in enumerate(tids)}
+    chunks: list[np.ndarray] = []
+    split_users = 0
+    for u in range(train.n_users):
+        seq = train.user(u)
+        if len(seq) == 0:
+            continue
+        starts = list(range(len(seq), 0, -max_items))[::-1]
+        split_users += len(starts) > 1
+        for end in starts:
+            chunks.append(seq[max(0, end - max_items) : end])
+    prompts = [generator_prompt(train.item_ids[c].tolist(), titles=titles, max_history=None) for c in chunks]
+    ids = encode_prompts(tokenizer, prompts)
+    input_ids, labels = [], []
+    for seq in ids:
+        arr = np.asarray(seq, dtype=np.int64)
+        lab = np.full(len(arr), -1, dtype=np.int64)
+        nxt = [col_of_token.get(int(t), -1) for t in arr[1:]]
+        lab[:-1] = nxt
+        # the last token has no next token; drop it from the input (it only ever serves as a target)
+        input_ids.append(arr[:-1])
+        labels.append(lab[:-1])
+    n_targets = int(sum((lab >= 0).sum() for lab in labels))
+    report = {"sequences": len(chunks), "users_split_into_chunks": int(split_users), "targets": n_targets,
+              "train_interactions": int(train.indptr[-1])}
+    if n_targets != report["train_interactions"]:
+        raise AssertionError(f"generator examples cover {n_targets} targets, train has {report['train_interactions']}")
+    return SFTExamples(input_ids, labels, report)
+
+
+def discriminator_pairs(
+    seqs: Sequences,
+    positions_per_user: int,
+    neg_ratio: int,
+    rng: np.random.Generator,
+    hard_neighbors=None,
+    hard_pool: int = 50,
+) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, int]:
+    """(histories as dense items, candidate dense items, labels, hard negatives that fell back to random)."""
+    hist, cand, label = [], [], []
+    n_items = seqs.n_items
+    hard_missing = 0
+    for u in range(seqs.n_users):
+        seq = seqs.user(u)
+        if len(seq) < 2:
+            continue
+        seen = set(seq.tolist())
+        pos = np.arange(1, len(seq))
+        if len(pos) > positions_per_user:
+            pos = np.concatenate([rng.choice(pos[:-1], positions_per_user - 1, replace=False), pos[-1:]])
+        for t in pos:
+            h = seq[:t]
+            hist.append(h)
+            cand.append(seq[t])
+            label.append(1)
+            for _ in range(neg_ratio):
+                neg = -1
+                if hard_neighbors is not None:
+                    nb, _ = hard_neighbors.row(int(h[-1]))
+                    pool = [j for j in nb[:hard_pool].tolist() if j not in seen]
+                    if pool:
+                        neg = int(rng.choice(pool))
+                    else:
+                        hard_missing += 1
+                while neg < 0 or neg in seen:
+                    neg = int(rng.integers(n_items))
+                hist.append(h)
+                cand.append(neg)
+                label.append(0)
+    return hist, np.asarray(cand, np.int64), np.asarray(label, np.int64), hard_missing
+
+
+def discriminator_examples(
+    train: Sequences,
+    tokenizer,
+    positions_per_user: int = 3,
+    neg_ratio: int = 1,
+    max_history: int = 10,
+    seed: int = 0,
+    hard_neighbors=None,
+    titles=None,
+) -> SFTExamples:
+    _check_vocab(train, tokenizer)
+    rng = np.random.default_rng(seed)
+    hist, cand, label, hard_missing = discriminator_pairs(train, positions_per_user, neg_ratio, rng, hard_neighbors)
+    ext = train.item_ids
+    prompts = [discriminator_prompt(ext[h].tolist(), int(ext[c]), titles=titles, max_history=max_history) for h, c in zip(hist, cand)]
+    ids = encode_prompts(tokenizer, prompts)
+    report = {"examples": len(ids), "positives": int(label.sum()), "negatives": int((label == 0).sum()),
+              "hard_negatives": hard_neighbors is not None,
+              "hard_negatives_fell_back_to_random": hard_missing}
+    return SFTExamples([np.asarray(x, np.int64) for x in ids], [np.array([v]) for v in label], report)
+
+
+def epoch_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> list[np.ndarray]:
+    """Shuffled batches of similar-length examples (less padding); every rank gets the same number of batches."""
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(lengths))
+    mega = batch_size * 50
+    batches = []
+    for s in range(0, len(order), mega):
+        block = order[s : s + mega]
+        block = block[np.argsort(lengths[block], kind="stable")]
+        batches += [block[i : i + batch_size] for i in range(0, len(block), batch_size)]
+    batches = [batches[i] for i in rng.permutation(len(batches))]
+    usable = len(batches) - len(batches) % world
+    return batches[rank:usable:world]
+
+
+def collate(examples: SFTExamples, idx: np.ndarray, pad_id: int, role: str) -> dict[str, torch.Tensor]:
+    seqs = [examples.input_ids[i] for i in idx]
+    width = max(len(s) for s in seqs)
+    ids = np.full((len(seqs), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(seqs), width), dtype=np.int64)
+    for r, s in enumerate(seqs):
+        ids[r, : len(s)] = s
+        mask[r, : len(s)] = 1
+    out = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
+    if role == "generator":
+        lab = np.full((len(seqs), width), -1, dtype=np.int64)
+        for r, i in enumerate(idx):
+            lab[r, : len(examples.labels[i])] = examples.labels[i]
+        out["labels"] = torch.from_numpy(lab)
+    else:
+        out["labels"] = torch.from_numpy(np.array([examples.labels[i][0] for i in idx], dtype=np.int64))
+    return out
+

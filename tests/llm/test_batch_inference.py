@@ -13,6 +13,20 @@ from llm_i2i.llm.discriminate import DiscriminateConfig, real_interaction_pairs,
 from llm_i2i.llm.generate import GenerateConfig, run_generate
 from tests.llm.test_inference import world  # noqa: F401 - shared session fixture
 
+FLOAT_COLUMNS = ("score", "confidence")
+
+
+def assert_same_output(a: pa.Table, b: pa.Table) -> None:
+    """Same rows in the same order; floats equal up to batch-composition rounding (padding width, threads)."""
+    assert a.schema == b.schema and a.num_rows == b.num_rows
+    for name in a.column_names:
+        if name in FLOAT_COLUMNS:
+            x, y = a.column(name).to_pylist(), b.column(name).to_pylist()
+            assert [v is None for v in x] == [v is None for v in y]
+            np.testing.assert_allclose([v for v in x if v is not None], [v for v in y if v is not None], atol=1e-5)
+        else:
+            assert a.column(name).equals(b.column(name)), name
+
 pytestmark = pytest.mark.ray
 
 
@@ -30,7 +44,7 @@ def test_generate_on_ray_actors_equals_in_process(ray_cluster, world, tmp_path):
     cfg = GenerateConfig(recall_number=4, num_actors=2, actor_num_cpus=0.5, torch_threads=1, batch_size=4)
     got = run_generate(cfg, ckpt, data, tmp_path / "ray.parquet")
     a, b = pq.read_table(tmp_path / "ref.parquet"), pq.read_table(tmp_path / "ray.parquet")
-    assert a.equals(b)  # same rows, same order (preserve_order), same scores
+    assert_same_output(a, b)  # same rows in the same order (preserve_order)
     assert got["error_rows"] == ref["error_rows"] > 0 and got["users_in"] == ref["users_in"]
     assert not list(tmp_path.glob(".*.tmp"))  # atomic write left no temp file
 
@@ -47,7 +61,8 @@ def test_discriminate_real_pairs_on_ray_equals_in_process(ray_cluster, world, tm
     got = run_discriminate(DiscriminateConfig(num_actors=2, actor_num_cpus=0.5, batch_size=16, torch_threads=1), ckpt,
                            data, tmp_path / "pairs.parquet", tmp_path / "ray.parquet")
     a, b = pq.read_table(tmp_path / "ref.parquet"), pq.read_table(tmp_path / "ray.parquet")
-    assert a.equals(b) and a.column_names == ["user_id", "item_id", "position", "note", "confidence", "error"]
+    assert_same_output(a, b)
+    assert a.column_names == ["user_id", "item_id", "position", "note", "confidence", "error"]
     # position 0 of every user has no earlier item: exactly those rows are 'empty history' errors
     first = np.asarray(a.column("position")) == 0
     err = np.array([e is not None for e in a.column("error").to_pylist()])

@@ -41,12 +41,12 @@ def _pick(m: dict) -> dict:
             "users": m["users_evaluated"]}
 
 
-def run_dataset(name: str, data_root: Path, overrides: list[str], runs: list[str]) -> dict:
+def run_dataset(name: str, data_root: Path, overrides: list[str], runs: list[str], res: dict, save) -> dict:
     canon = REPO / "out" / "data" / name
     if not (canon / "interactions.parquet").exists():
         save_dataset(load_dataset(data_root / name), canon)
     out = REPO / "out" / "llm" / name
-    res: dict = {"dataset": name, "runs": {}}
+    res.update({"dataset": name, "runs": {}})
     split = leave_one_out(load_dataset(canon).sequences())
     test = EvalConfig.from_preset("paper", ks=(10,))
     t = time.perf_counter()
@@ -77,6 +77,7 @@ def run_dataset(name: str, data_root: Path, overrides: list[str], runs: list[str
             entry["valid_auc_random"] = discriminator_auc(ckpt, canon, "random")
             entry["valid_auc_hard"] = discriminator_auc(ckpt, canon, "hard")
         res["runs"][run] = entry
+        save()
         log.info(f"{name}/{run}: {entry.get('test_exclude_history_True', entry.get('valid_auc_random'))}")
     return res
 
@@ -126,13 +127,17 @@ def main() -> int:
     setup_logging()
     t0 = time.perf_counter()
     command = " ".join(["python", *sys.argv])
-    results = []
-    for name in args.datasets:
-        results.append(run_dataset(name, Path(args.data_root), args.set, args.runs))
+    results: list[dict] = []
+
+    def save() -> None:  # after every run, so a time-boxed job still leaves its numbers
         payload = {"command": command, "machine": platform.platform(), "results": results,
                    "seconds": time.perf_counter() - t0}
         write_json(payload, RESULTS / f"{args.tag}.json")
         write_text(to_markdown(results, command, time.perf_counter() - t0), RESULTS / f"{args.tag}.md")
+
+    for name in args.datasets:
+        results.append({})
+        run_dataset(name, Path(args.data_root), args.set, args.runs, results[-1], save)
     return 0
 
 

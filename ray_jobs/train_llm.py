@@ -7,7 +7,7 @@ NCCL, bf16, FlashAttention-2 (via ModelConfig.attn_implementation='auto'); on CP
 over gloo. Loss and tokens/s are reported to Ray Train every `checkpoint_every` steps; at each epoch end rank 0
 writes a Ray Train checkpoint (weights as safetensors + state.json with the validation metric). A re-run
 with the same out dir resumes from the latest such checkpoint (epoch granularity; the optimizer moments
-restart) and the driver returns the weights of the best epoch. `stop_after_steps` stops at the first epoch
+restart; the checkpoints live on the driver's local disk, so a multi-node cluster needs a shared storage path) and the driver returns the weights of the best epoch. `stop_after_steps` stops at the first epoch
 boundary past that many steps (to time-box a run, and to test resuming).
 
     python -m ray_jobs.train_llm --role generator --data DATASET_DIR --out CKPT_DIR --set num_workers=2
@@ -31,13 +31,30 @@ def _state_of(ckpt_dir: Path) -> dict[str, Any]:
     return json.loads((ckpt_dir / "state.json").read_text())
 
 
+def save_weights(model, path: str | Path) -> None:
+    """Weights as safetensors; copies the tensors because DeepSpeed ZeRO keeps them as views of flat buffers."""
+    from safetensors.torch import save_file
+
+    tied = model.config.tie_word_embeddings
+    save_file({k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()
+               if not (tied and k == "lm_head.weight")}, str(path))
+
+
+def load_weights(model, path: str | Path) -> None:
+    from safetensors.torch import load_file
+
+    missing, unexpected = model.load_state_dict(load_file(str(path)), strict=False)
+    if unexpected or [k for k in missing if k != "lm_head.weight"]:
+        raise ValueError(f"{path}: weights do not fit the model (missing {missing}, unexpected {unexpected})")
+    model.tie_weights()
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     import deepspeed
     import numpy as np
     import ray.train
     import ray.train.torch
     import torch
-    from safetensors.torch import load_model, save_model
     from transformers import AutoTokenizer
 
     from llm_i2i.config import from_dict
@@ -54,10 +71,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, tok, prep.items)
     start_epoch, history = 0, []
-    ckpt = ray.train.get_checkpoint()
+    ckpt = ray.train.get_checkpoint()  # set when Ray Train restarts failed workers within this run
+    if ckpt is None and config.get("resume_from"):
+        ckpt = ray.train.Checkpoint.from_directory(config["resume_from"])  # a previous, interrupted run
     if ckpt is not None:
         with ckpt.as_directory() as d:
-            load_model(model, os.path.join(d, "model.safetensors"))
+            load_weights(model, os.path.join(d, "model.safetensors"))
             state = _state_of(Path(d))
             start_epoch, history = state["epoch"], state["history"]
     objective = make_objective(cfg, prep, model)
@@ -115,7 +134,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             metrics["valid_metric"] = value
             history.append(metrics)
             with tempfile.TemporaryDirectory() as d:
-                save_model(model, os.path.join(d, "model.safetensors"))  # ZeRO <= 2: full weights on every rank
+                save_weights(model, os.path.join(d, "model.safetensors"))  # ZeRO <= 2: full weights on every rank
                 Path(d, "state.json").write_text(json.dumps({"epoch": epoch + 1, "history": history,
                                                              "run_hash": config["run_hash"]}))
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
@@ -134,9 +153,8 @@ def train_with_ray(cfg, dataset_dir: Path, out_dir: Path, tokenizer_dir: Path):
     """Run the SFT on Ray Train; (model with the best epoch's weights, training info), or None if stopped early."""
     import ray
     import torch
-    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
-    from safetensors.torch import load_model
     from transformers import AutoTokenizer
 
     from llm_i2i.config import to_dict
@@ -154,19 +172,19 @@ def train_with_ray(cfg, dataset_dir: Path, out_dir: Path, tokenizer_dir: Path):
     storage = (out_dir.parent / f".{out_dir.name}.resume" / "ray").resolve()
     run_hash = cfg.run_hash()
     previous = sorted(_checkpoints(storage, run_hash), key=lambda p: _state_of(p)["epoch"])
-    resume = ray.train.Checkpoint.from_directory(str(previous[-1])) if previous else None
+    resume = str(previous[-1]) if previous else None
     if resume is not None:
         log.info(f"resuming Ray SFT from {previous[-1]} (epoch {_state_of(previous[-1])['epoch']})")
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": to_dict(cfg), "dataset_dir": str(Path(dataset_dir).resolve()),
-                           "tokenizer_dir": str(Path(tokenizer_dir).resolve()), "run_hash": run_hash},
+                           "tokenizer_dir": str(Path(tokenizer_dir).resolve()), "run_hash": run_hash,
+                           "resume_from": resume},
         torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=gpu,
                                      resources_per_worker=None if gpu else {"CPU": 0.5}),
-        run_config=RunConfig(name="sft", storage_path=str(storage),
-                             checkpoint_config=CheckpointConfig(num_to_keep=None)),
-        resume_from_checkpoint=resume,
+        run_config=RunConfig(name=f"sft_{len(previous)}", storage_path=str(storage),
+                             checkpoint_config=CheckpointConfig(num_to_keep=None), failure_config=FailureConfig(max_failures=1)),
     )
     t0 = time.perf_counter()
     trainer.fit()
@@ -182,7 +200,7 @@ def train_with_ray(cfg, dataset_dir: Path, out_dir: Path, tokenizer_dir: Path):
     history = _state_of(last)["history"]
     tok = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
     model = build_model(cfg.model, tok, load_dataset(dataset_dir).items)
-    load_model(model, str(best / "model.safetensors"))
+    load_weights(model, best / "model.safetensors")
     info = {"history": history, "best_epoch": _state_of(best)["epoch"], "ray_fit_seconds": seconds,
             "resumed_from_epoch": _state_of(previous[-1])["epoch"] if previous else 0,
             "num_workers": cfg.num_workers, "deepspeed": cfg.use_deepspeed, "zero_stage": cfg.zero_stage,

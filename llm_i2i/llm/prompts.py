@@ -1,7 +1,12 @@
 """The ONLY place prompt templates live; training and inference render through these same functions.
 
 Generator prompt P_g:  instruction [<user> user text] <history><i..><i..>...  -> the next token is an item
-Discriminator P_d:     instruction <history><i..>... <candidate><i..>[ title] <answer> -> "Yes" | "No"
+Discriminator P_d:     instruction <history><i..>... <candidate>[title ]<i..>  -> "Yes" | "No"
+
+The discriminator's answer is predicted AT the candidate's item token (its title, if any, comes before it):
+attention from that position is queried by the candidate itself, so even a 1-layer model can match the
+candidate against the history (with a separate <answer> token after it, measured: no better than chance on
+the small synthetic set after 4 epochs).
 
 Item tokens are written back to back (no spaces) so an item costs exactly one token with any tokenizer.
 With `titles`, each item token is followed by its title and a <sep> token. Histories longer than
@@ -14,7 +19,7 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
-from llm_i2i.llm.tokenizer import ANSWER, CANDIDATE, HISTORY, SEP, USER, item_token
+from llm_i2i.llm.tokenizer import CANDIDATE, HISTORY, SEP, USER, item_token
 
 GENERATOR_INSTRUCTION = "Given the user's recent items, predict the next item."
 DISCRIMINATOR_INSTRUCTION = "Will the user interact with the candidate item? Answer Yes or No."
@@ -64,11 +69,8 @@ def discriminator_prompt(
     items = _recent(history_item_ids, max_history)
     cand = item_token(candidate_item_id)
     if titles is not None:
-        cand += f" {(titles.get(int(candidate_item_id)) or '').strip()}"
-    return (
-        f"{DISCRIMINATOR_INSTRUCTION}{_user_part(user_id, profile)}{HISTORY}{_render_items(items, titles)}"
-        f"{CANDIDATE}{cand}{ANSWER}"
-    )
+        cand = f" {(titles.get(int(candidate_item_id)) or '').strip()} {cand}"
+    return f"{DISCRIMINATOR_INSTRUCTION}{_user_part(user_id, profile)}{HISTORY}{_render_items(items, titles)}{CANDIDATE}{cand}"
 
 
 def encode_prompts(tokenizer, prompts: Sequence[str]) -> list[list[int]]:

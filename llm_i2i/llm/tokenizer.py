@@ -17,8 +17,8 @@ import pyarrow as pa
 
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 # prompt control tokens (prompts.py is the only place that arranges them)
-USER, HISTORY, CANDIDATE, ANSWER, SEP = "<user>", "<history>", "<candidate>", "<answer>", "<sep>"
-CONTROL_TOKENS = (USER, HISTORY, CANDIDATE, ANSWER, SEP)
+USER, HISTORY, CANDIDATE, SEP = "<user>", "<history>", "<candidate>", "<sep>"
+CONTROL_TOKENS = (USER, HISTORY, CANDIDATE, SEP)
 YES, NO = "Yes", "No"
 _ITEM_RE = re.compile(r"^<i(-?\d+)>$")
 

@@ -10,7 +10,8 @@ null fields become rows with `error` set and a null confidence; they are counted
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from llm_i2i.llm.generate import HISTORY, SPLITS, call_per_row_on_failure, check_history, split_sequences
+from llm_i2i.llm.generate import (HISTORY, SPLITS, call_per_row_on_failure, check_history, engine_spec,
+                                  split_sequences)
 from llm_i2i.llm.inference import ENGINES, InferenceEngine
 
 POSITION = "position"  # optional input column: index of a real interaction in the user's full sequence
@@ -32,6 +34,7 @@ class DiscriminateConfig:
     num_actors: int = 1  # Ray Data actors; 0 = in this process without Ray
     actor_num_cpus: float = 1.0
     torch_threads: int = 0  # intra-op threads per actor; 0 = torch default
+    engine_options: dict[str, Any] = field(default_factory=dict)  # passed to the engine's constructor
     history_len: int = 10  # most recent items shown in the prompt
     split: str = "train"  # history for pairs without a position: 'train' | 'train_valid' | 'full'
 
@@ -117,7 +120,7 @@ def run_discriminate(cfg: DiscriminateConfig, checkpoint_dir: str | Path, datase
                      pairs_path: str | Path, out_path: str | Path) -> dict[str, Any]:
     """Score every pair of the Parquet file `pairs_path`; write it back with `confidence` and `error`."""
     from llm_i2i.data import load_dataset
-    from ray_jobs.batch_inference import EngineSpec, map_with_engine
+    from ray_jobs.batch_inference import map_with_engine
 
     cfg.validate()
     t0 = time.perf_counter()
@@ -127,7 +130,7 @@ def run_discriminate(cfg: DiscriminateConfig, checkpoint_dir: str | Path, datase
         requests = attach_histories(pairs, full, split_sequences(full, cfg.split), cfg.history_len)
     except ValueError as e:
         raise ValueError(f"{pairs_path}: {e}") from e
-    spec = EngineSpec(cfg.engine, str(checkpoint_dir), {"torch_threads": cfg.torch_threads} if cfg.engine == "hf" else {})
+    spec = dataclasses.replace(engine_spec(cfg), checkpoint_dir=str(checkpoint_dir))
     run = map_with_engine(requests, discriminate_batch, dict(history_len=cfg.history_len), spec,
                           output_schema(requests.schema), out_path, num_actors=cfg.num_actors,
                           actor_num_cpus=cfg.actor_num_cpus, batch_size=cfg.batch_size, desc="discriminate",

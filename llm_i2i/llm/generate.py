@@ -8,8 +8,9 @@ counted, never fatal. Over-long histories are truncated to the `history_len` mos
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ class GenerateConfig:
     num_actors: int = 1  # Ray Data actors; 0 = run in this process without Ray (reference / debugging)
     actor_num_cpus: float = 1.0  # fractional CPUs per actor (Ray Data needs < 1 on a 2-core box)
     torch_threads: int = 0  # intra-op threads per actor; 0 = torch default
+    engine_options: dict[str, Any] = field(default_factory=dict)  # e.g. {device: cuda, dtype: bfloat16} or vLLM args
     split: str = "train"  # which history to condition on: 'train' (items[:-2]), 'train_valid', 'full'
     max_users: int | None = None  # first N users only (smoke runs)
 
@@ -155,6 +157,14 @@ def generate_batch(engine: InferenceEngine, batch: pa.Table, recall_number: int,
                      pa.array(out_score, pa.float32()), pa.array(out_err, pa.string())], schema=CANDIDATES_SCHEMA)
 
 
+def engine_spec(cfg):
+    """The EngineSpec a stage config asks for (GenerateConfig or DiscriminateConfig)."""
+    from ray_jobs.batch_inference import EngineSpec
+
+    threads = {"torch_threads": cfg.torch_threads} if cfg.engine == "hf" and cfg.torch_threads else {}
+    return EngineSpec(cfg.engine, "", {**threads, **cfg.engine_options})
+
+
 def users_in(table: pa.Table) -> int:
     """Progress unit for candidate batches: each user's rows come out of one engine call together."""
     return pc.count_distinct(table.column("user_id")).as_py() if table.num_rows else 0
@@ -164,13 +174,13 @@ def run_generate(cfg: GenerateConfig, checkpoint_dir: str | Path, dataset_dir: s
                  out_path: str | Path) -> dict[str, Any]:
     """Generate candidates for every user of the canonical dataset in `dataset_dir`; write `out_path`."""
     from llm_i2i.data import load_dataset
-    from ray_jobs.batch_inference import EngineSpec, map_with_engine
+    from ray_jobs.batch_inference import map_with_engine
 
     cfg.validate()
     t0 = time.perf_counter()
     seqs = split_sequences(load_dataset(str(dataset_dir)).sequences(), cfg.split)
     requests = history_requests(seqs, cfg.history_len, cfg.max_users)
-    spec = EngineSpec(cfg.engine, str(checkpoint_dir), {"torch_threads": cfg.torch_threads} if cfg.engine == "hf" else {})
+    spec = dataclasses.replace(engine_spec(cfg), checkpoint_dir=str(checkpoint_dir))
     run = map_with_engine(
         requests, generate_batch,
         dict(recall_number=cfg.recall_number, exclude_history=cfg.exclude_history, history_len=cfg.history_len),

@@ -204,3 +204,17 @@ def test_run_generate_and_discriminate_in_process(world, engine, tmp_path):
     assert scored.column_names == CANDIDATES_SCHEMA.names[:4] + ["confidence", "error"]
     conf = np.array(scored.column("confidence").drop_null().to_pylist())
     assert len(conf) == ok.num_rows and np.all((conf > 0) & (conf < 1))
+
+
+def test_configs_load_from_overrides_and_reject_bad_values():
+    from llm_i2i.config import ConfigError, load_config
+    from llm_i2i.llm.generate import engine_spec
+
+    cfg = load_config(GenerateConfig, None, ["engine_options.device=cpu", "recall_number=7", "torch_threads=2"])
+    assert cfg.recall_number == 7 and engine_spec(cfg).options == {"torch_threads": 2, "device": "cpu"}
+    assert engine_spec(load_config(DiscriminateConfig, None, ["engine=vllm", "torch_threads=2"])).options == {}
+    for bad in (["recall_number=0"], ["engine=tgi"], ["split=test"], ["nope=1"]):
+        with pytest.raises((ValueError, ConfigError)):
+            load_config(GenerateConfig, None, bad)
+    with pytest.raises(ValueError, match="history_len"):
+        load_config(DiscriminateConfig, None, ["history_len=0"])

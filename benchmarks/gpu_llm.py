@@ -1,0 +1,113 @@
+"""GPU benchmark: vLLM vs HF engine for generation + discrimination on a local llm-i2i checkpoint.
+
+Needs a CUDA machine with the project's [gpu] extra (vLLM) installed and an llm-i2i checkpoint (the
+output of `llm-i2i sft`, e.g. a Llama-2-7B generator) plus the canonical dataset it was trained on:
+
+    python benchmarks/gpu_llm.py --checkpoint /models/beauty-generator --data /data/beauty-canonical \
+        [--users 5000] [--recall 50] [--engines hf,vllm] [--hf-batch 64] [--tag gpu_llm]
+
+Both engines run in this process on the same GPU, one after the other (the HF model is freed before vLLM
+starts), through the same `run_generate` / `run_discriminate` code path (num_actors=0). Results go to
+benchmarks/results/<tag>.{json,md} with the GPU name, the command and ratios vs the HF engine.
+This session had no GPU: the script has NOT been run yet, and no GPU numbers are recorded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from llm_i2i.io import write_json, write_text  # noqa: E402
+from llm_i2i.llm.discriminate import DiscriminateConfig, run_discriminate  # noqa: E402
+from llm_i2i.llm.generate import GenerateConfig, run_generate  # noqa: E402
+from llm_i2i.progress import setup_logging  # noqa: E402
+
+RESULTS = REPO / "benchmarks" / "results"
+
+
+def gpu_name() -> str:
+    import torch
+
+    if not torch.cuda.is_available():
+        raise SystemExit("gpu_llm.py needs a CUDA GPU (torch.cuda.is_available() is False)")
+    return torch.cuda.get_device_name(0)
+
+
+def engine_options(engine: str, args: argparse.Namespace) -> dict:
+    if engine == "hf":
+        return {"device": "cuda", "dtype": "bfloat16", "forward_batch_size": args.hf_batch}
+    return {"dtype": "bfloat16", "max_model_len": args.max_model_len, "max_num_seqs": args.vllm_max_seqs,
+            "gpu_memory_utilization": args.gpu_memory_utilization}
+
+
+def run_engine(engine: str, args: argparse.Namespace, tmp: Path) -> dict:
+    """Generate for `--users` users, then discriminate the candidates; both through the library entry points."""
+    import torch
+
+    opts = engine_options(engine, args)
+    try:
+        g = run_generate(GenerateConfig(engine=engine, engine_options=opts, recall_number=args.recall,
+                                        batch_size=args.batch_size, num_actors=0, max_users=args.users),
+                         args.checkpoint, args.data, tmp / f"cand_{engine}.parquet")
+        d = run_discriminate(DiscriminateConfig(engine=engine, engine_options=opts, batch_size=args.batch_size,
+                                                num_actors=0),
+                             args.checkpoint, args.data, tmp / f"cand_{engine}.parquet", tmp / f"scored_{engine}.parquet")
+    finally:
+        gc.collect()
+        torch.cuda.empty_cache()
+    return {"generate_users_per_s": g["users_per_s"], "generate_seconds": g["inference_seconds"], "users": g["users_in"],
+            "discriminate_pairs_per_s": d["pairs_per_s"], "discriminate_seconds": d["inference_seconds"],
+            "pairs": d["pairs_in"], "error_rows": g["error_rows"] + d["error_rows"], "options": opts}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="llm-i2i checkpoint dir (HF format + llm_i2i_manifest.json)")
+    p.add_argument("--data", required=True, help="canonical dataset dir the checkpoint was trained on")
+    p.add_argument("--users", type=int, default=5000)
+    p.add_argument("--recall", type=int, default=50)
+    p.add_argument("--engines", default="hf,vllm")
+    p.add_argument("--batch-size", type=int, default=512, help="users/pairs per engine call")
+    p.add_argument("--hf-batch", type=int, default=64, help="HF forward-pass micro-batch")
+    p.add_argument("--vllm-max-seqs", type=int, default=512)
+    p.add_argument("--max-model-len", type=int, default=1024)
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.85)
+    p.add_argument("--tag", default="gpu_llm")
+    args = p.parse_args(argv)
+    setup_logging()
+    gpu = gpu_name()
+    command = "python benchmarks/gpu_llm.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    res = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for engine in args.engines.split(","):
+            t0 = time.perf_counter()
+            res[engine] = run_engine(engine, args, Path(tmp))
+            res[engine]["wall_seconds"] = time.perf_counter() - t0
+    ref = res.get("hf") or next(iter(res.values()))
+    for r in res.values():
+        r["generate_ratio_vs_hf"] = r["generate_users_per_s"] / ref["generate_users_per_s"]
+        r["discriminate_ratio_vs_hf"] = r["discriminate_pairs_per_s"] / ref["discriminate_pairs_per_s"]
+    write_json({"command": command, "machine": platform.platform(), "gpu": gpu, "checkpoint": args.checkpoint,
+                "results": res}, RESULTS / f"{args.tag}.json")
+    lines = ["# LLM batch inference on GPU: vLLM vs HF", "", f"GPU: {gpu}; machine {platform.platform()}. "
+             f"Checkpoint `{args.checkpoint}`. Command: `{command}`.", "",
+             "| engine | generate users/s | ratio vs hf | discriminate pairs/s | ratio vs hf | error rows |",
+             "|---|---|---|---|---|---|"]
+    for name, r in res.items():
+        lines.append(f"| {name} | {r['generate_users_per_s']:,.1f} | {r['generate_ratio_vs_hf']:.2f} | "
+                     f"{r['discriminate_pairs_per_s']:,.1f} | {r['discriminate_ratio_vs_hf']:.2f} | {r['error_rows']} |")
+    write_text("\n".join(lines) + "\n", RESULTS / f"{args.tag}.md")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

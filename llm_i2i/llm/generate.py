@@ -8,7 +8,6 @@ counted, never fatal. Over-long histories are truncated to the `history_len` mos
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,12 +156,18 @@ def generate_batch(engine: InferenceEngine, batch: pa.Table, recall_number: int,
                      pa.array(out_score, pa.float32()), pa.array(out_err, pa.string())], schema=CANDIDATES_SCHEMA)
 
 
-def engine_spec(cfg):
-    """The EngineSpec a stage config asks for (GenerateConfig or DiscriminateConfig)."""
+def engine_spec(cfg, checkpoint_dir: str | Path, items=None):
+    """The EngineSpec a stage config (GenerateConfig or DiscriminateConfig) asks for.
+
+    With `items`, titles go into the prompts when the checkpoint was fine-tuned with them.
+    """
+    from llm_i2i.llm.inference import checkpoint_titles
     from ray_jobs.batch_inference import EngineSpec
 
     threads = {"torch_threads": cfg.torch_threads} if cfg.engine == "hf" and cfg.torch_threads else {}
-    return EngineSpec(cfg.engine, "", {**threads, **cfg.engine_options})
+    titles = checkpoint_titles(checkpoint_dir, items) if items is not None else None
+    return EngineSpec(cfg.engine, str(checkpoint_dir), {**threads, **({"titles": titles} if titles else {}),
+                                                        **cfg.engine_options})
 
 
 def users_in(table: pa.Table) -> int:
@@ -178,9 +183,10 @@ def run_generate(cfg: GenerateConfig, checkpoint_dir: str | Path, dataset_dir: s
 
     cfg.validate()
     t0 = time.perf_counter()
-    seqs = split_sequences(load_dataset(str(dataset_dir)).sequences(), cfg.split)
+    ds = load_dataset(str(dataset_dir))
+    seqs = split_sequences(ds.sequences(), cfg.split)
     requests = history_requests(seqs, cfg.history_len, cfg.max_users)
-    spec = dataclasses.replace(engine_spec(cfg), checkpoint_dir=str(checkpoint_dir))
+    spec = engine_spec(cfg, checkpoint_dir, ds.items)
     run = map_with_engine(
         requests, generate_batch,
         dict(recall_number=cfg.recall_number, exclude_history=cfg.exclude_history, history_len=cfg.history_len),

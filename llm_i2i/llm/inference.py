@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import Sequence
+from pathlib import Path
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -55,7 +56,8 @@ class HFEngine(InferenceEngine):
     """Plain `transformers` forward passes (CPU or one GPU) through `llm_i2i.llm.scoring`."""
 
     def __init__(self, checkpoint_dir: str, device: str = "cpu", dtype: str | None = None,
-                 torch_threads: int | None = None, forward_batch_size: int = 256):
+                 torch_threads: int | None = None, forward_batch_size: int = 256,
+                 titles: Mapping[int, str] | None = None):
         import torch
 
         from llm_i2i.llm.modeling import load_checkpoint
@@ -66,6 +68,7 @@ class HFEngine(InferenceEngine):
         self.model, self.tokenizer, self.manifest = load_checkpoint(checkpoint_dir, dtype=dtype, device=device)
         self.item_ids, _ = item_vocabulary(self.tokenizer)  # score column j <-> item_ids[j]
         self.forward_batch_size = forward_batch_size
+        self.titles = titles
 
     def top_items(self, histories: Sequence[np.ndarray], n: int, exclude_history: bool) -> TopItems:
         import torch
@@ -75,7 +78,8 @@ class HFEngine(InferenceEngine):
         if not len(histories):
             return TopItems([], [])
         hs = [np.asarray(h, np.int64).tolist() for h in histories]
-        logits = next_item_scores(self.model, self.tokenizer, hs, max_history=None, batch_size=self.forward_batch_size)
+        logits = next_item_scores(self.model, self.tokenizer, hs, max_history=None, batch_size=self.forward_batch_size,
+                                  titles=self.titles)
         items, scores = topn_items(torch.log_softmax(logits.float(), dim=-1), n, hs if exclude_history else None,
                                    item_ids=self.item_ids)
         keep = items >= 0  # fewer than n items left after exclusion
@@ -87,8 +91,23 @@ class HFEngine(InferenceEngine):
         if not len(histories):
             return np.zeros(0, np.float32)
         p = yes_probability(self.model, self.tokenizer, [np.asarray(h, np.int64).tolist() for h in histories],
-                            [int(c) for c in candidates], max_history=None, batch_size=self.forward_batch_size)
+                            [int(c) for c in candidates], max_history=None, batch_size=self.forward_batch_size,
+                            titles=self.titles)
         return np.asarray(p, dtype=np.float32)
+
+
+def checkpoint_titles(checkpoint_dir: str | Path, items) -> dict[int, str] | None:
+    """Item titles for the prompts if the checkpoint was fine-tuned with titles (its manifest says so)."""
+    import json
+
+    from llm_i2i.llm.modeling import MANIFEST
+    from llm_i2i.llm.prompts import titles_from_items
+
+    path = Path(checkpoint_dir) / MANIFEST
+    if not path.exists():
+        raise FileNotFoundError(f"{checkpoint_dir}: not an llm-i2i checkpoint (no {MANIFEST})")
+    manifest = json.loads(path.read_text())
+    return titles_from_items(items) if manifest.get("sft_config", {}).get("titles") else None
 
 
 def make_engine(kind: str, checkpoint_dir: str, **options) -> InferenceEngine:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -24,7 +24,8 @@ from llm_i2i.llm.inference import InferenceEngine, TopItems
 
 class VLLMEngine(InferenceEngine):
     def __init__(self, checkpoint_dir: str, dtype: str = "auto", max_model_len: int = 1024,
-                 max_num_seqs: int = 256, kv_cache_gib: int = 2, max_logprobs: int = 256, **llm_kwargs):
+                 max_num_seqs: int = 256, kv_cache_gib: int = 2, max_logprobs: int = 256,
+                 titles: Mapping[int, str] | None = None, **llm_kwargs):
         try:
             import vllm
         except ImportError as e:
@@ -46,6 +47,7 @@ class VLLMEngine(InferenceEngine):
         self._item_of_token = dict(zip(self.item_token_ids.tolist(), self.item_ids.tolist()))
         self.yes_no = list(answer_token_ids(self.tokenizer))
         self.max_logprobs = max_logprobs
+        self.titles = titles
         self._vllm = vllm
 
     def _one_step(self, prompts: list[str], params) -> list:
@@ -67,7 +69,7 @@ class VLLMEngine(InferenceEngine):
             raise ValueError(f"vLLM engine: top {want} logprobs requested but max_logprobs={self.max_logprobs}")
         params = self._vllm.SamplingParams(max_tokens=1, temperature=0.0, logprobs=want, detokenize=False,
                                            allowed_token_ids=self.item_token_ids.tolist())
-        outs = self._one_step([generator_prompt(h.tolist(), max_history=None) for h in hs], params)
+        outs = self._one_step([generator_prompt(h.tolist(), max_history=None, titles=self.titles) for h in hs], params)
         items, scores = [], []
         for h, out in zip(hs, outs):
             step = out.outputs[0].logprobs[0]  # {token id: Logprob}; the sampled token may be an extra entry
@@ -86,7 +88,8 @@ class VLLMEngine(InferenceEngine):
             return np.zeros(0, np.float32)
         params = self._vllm.SamplingParams(max_tokens=1, temperature=0.0, detokenize=False,
                                            logprob_token_ids=self.yes_no)
-        outs = self._one_step([discriminator_prompt(np.asarray(h).tolist(), int(c), max_history=None)
+        outs = self._one_step([discriminator_prompt(np.asarray(h).tolist(), int(c), max_history=None,
+                                                    titles=self.titles)
                                for h, c in zip(histories, candidates)], params)
         p = np.empty(len(outs), np.float32)
         for r, out in enumerate(outs):

@@ -211,10 +211,28 @@ def test_configs_load_from_overrides_and_reject_bad_values():
     from llm_i2i.llm.generate import engine_spec
 
     cfg = load_config(GenerateConfig, None, ["engine_options.device=cpu", "recall_number=7", "torch_threads=2"])
-    assert cfg.recall_number == 7 and engine_spec(cfg).options == {"torch_threads": 2, "device": "cpu"}
-    assert engine_spec(load_config(DiscriminateConfig, None, ["engine=vllm", "torch_threads=2"])).options == {}
+    assert cfg.recall_number == 7 and engine_spec(cfg, "ck").options == {"torch_threads": 2, "device": "cpu"}
+    assert engine_spec(load_config(DiscriminateConfig, None, ["engine=vllm", "torch_threads=2"]), "ck").options == {}
     for bad in (["recall_number=0"], ["engine=tgi"], ["split=test"], ["nope=1"]):
         with pytest.raises((ValueError, ConfigError)):
             load_config(GenerateConfig, None, bad)
     with pytest.raises(ValueError, match="history_len"):
         load_config(DiscriminateConfig, None, ["history_len=0"])
+
+
+def test_titles_go_into_prompts_when_the_checkpoint_was_trained_with_them(world, tiny_model, tokenizer, items, tmp_path):
+    from llm_i2i.data import load_dataset
+    from llm_i2i.llm.prompts import titles_from_items
+
+    ckpt = str(save_checkpoint(tiny_model, tokenizer, tmp_path / "ckpt", {"role": "generator", "sft_config": {"titles": True}}))
+    run_generate(GenerateConfig(recall_number=3, num_actors=0, max_users=12), ckpt, world[1], tmp_path / "c.parquet")
+    cand = pq.read_table(tmp_path / "c.parquet")
+    cand = cand.filter(pa.compute.is_null(cand.column("error")))
+    u = cand.column("user_id")[0].as_py()
+    seqs = split_sequences(load_dataset(world[1]).sequences(), "train")
+    hist = seqs.item_ids[seqs.user(int(np.searchsorted(seqs.user_ids, u)))][-10:]
+    with_titles = HFEngine(ckpt, titles=titles_from_items(items)).top_items([hist], 3, True)
+    without = HFEngine(ckpt).top_items([hist], 3, True)
+    got = cand.filter(pa.compute.equal(cand.column("user_id"), u)).column("score").to_numpy()
+    np.testing.assert_allclose(got, with_titles.scores[0], atol=1e-5)
+    assert not np.allclose(got, without.scores[0], atol=1e-5)

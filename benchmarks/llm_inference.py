@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cpus = os.cpu_count() or 2
     ray.init(address="local", num_cpus=cpus, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    load_before = os.getloadavg()
     ds = load_dataset(args.data)
     res: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -109,14 +110,16 @@ def main(argv: list[str] | None = None) -> int:
             r["generate_ratio_vs_reference"] = r["generate_users_per_s"] / ref["generate_users_per_s"]
             r["discriminate_ratio_vs_reference"] = r["discriminate_pairs_per_s"] / ref["discriminate_pairs_per_s"]
     payload = {"command": command, "machine": platform.platform(), "cpu_count": cpus, "gpu": None,
-               "python": sys.executable, "vllm_available": vllm_ok, "dataset": ds.name, "model_params": n_params,
+               "python": sys.executable, "vllm_available": vllm_ok,
+               "load_average_1_5_15_before": load_before, "load_average_1_5_15_after": os.getloadavg(), "dataset": ds.name, "model_params": n_params,
                "recall_number": args.recall, "batch_size": args.batch_size, "results": res}
     write_json(payload, RESULTS / f"{args.tag}.json")
     lines = [
         "# LLM batch inference throughput (CPU)", "",
         f"Machine: {platform.platform()}, {cpus} CPU cores (shared with other jobs), no GPU. Dataset: {ds.name}; "
         f"model: default `ModelConfig()` Llama, {n_params:,} parameters, random weights. Command: `{command}` "
-        f"(interpreter `{sys.executable}`).", "",
+        f"(interpreter `{sys.executable}`). Load average (1 min) before/after: {load_before[0]:.1f} / "
+        f"{os.getloadavg()[0]:.1f} (above {cpus} means other jobs shared the cores).", "",
         "Rates count only the inference pass (engine load + Ray start-up included for actors, dataset load excluded); "
         "ratios are against the in-process HF reference of this same run.", "",
         "| variant | generate users/s | ratio | discriminate pairs/s | ratio | error rows |", "|---|---|---|---|---|---|",

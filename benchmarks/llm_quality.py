@@ -8,7 +8,8 @@ For each dataset: SFT the generator with alpha=4 (paper) and alpha=1 (ablation),
 and the discriminator's ROC-AUC on held-out validation positives vs random and vs Swing-hard negatives.
 
     flock /tmp/llm_i2i_heavy.lock .venv/bin/python benchmarks/llm_quality.py --datasets Beauty Toys_and_Games
-Results: benchmarks/results/llm_quality.{md,json}; checkpoints: out/llm/<Dataset>/<run>/.
+Results: benchmarks/results/<--tag>.{md,json} (after every run); checkpoints: out/llm/<Dataset>/<run>/ (a finished
+run with the same config is reused, an interrupted one resumes). `--datasets synthetic` uses the embedded dataset.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def _pick(m: dict) -> dict:
 def run_dataset(name: str, data_root: Path, overrides: list[str], runs: list[str], res: dict, save) -> dict:
     canon = REPO / "out" / "data" / name
     if not (canon / "interactions.parquet").exists():
-        save_dataset(load_dataset(data_root / name), canon)
+        save_dataset(load_dataset(None if name == "synthetic" else data_root / name), canon)  # 'synthetic': the embedded set
     out = REPO / "out" / "llm" / name
     res.update({"dataset": name, "runs": {}})
     split = leave_one_out(load_dataset(canon).sequences())
@@ -57,12 +58,12 @@ def run_dataset(name: str, data_root: Path, overrides: list[str], runs: list[str
     specs = {
         "generator_a4": (["role=generator", "alpha=4.0"], None),
         "generator_a1": (["role=generator", "alpha=1.0"], None),
-        "discriminator": (["role=discriminator", "epochs=2"], "generator_a4"),
+        "discriminator": (["role=discriminator", "epochs=1"], "generator_a4"),
     }
     for run in runs:
         sets, init_from = specs[run]
         extra = [f"model.base_model={out / init_from}"] if init_from else []
-        cfg = load_config(SFTConfig, None, [*sets, *overrides, *extra])
+        cfg = load_config(SFTConfig, None, [*overrides, *sets, *extra])  # the run's own settings win
         t = time.perf_counter()
         ckpt = run_sft(cfg, canon, out / run)
         seconds = time.perf_counter() - t

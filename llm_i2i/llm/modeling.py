@@ -36,6 +36,7 @@ class ModelConfig:
     attn_implementation: str = "auto"  # auto: flash_attention_2 if installed and on CUDA, else sdpa
     item_init: str = "auto"  # auto (title_mean on a pretrained base, random from scratch) | title_mean | random
     vocab_size: int = 4000  # sub-word vocabulary trained for a scratch model
+    dropout: float = 0.0  # training-time dropout on token embeddings and attention (sparse data overfits fast)
 
     def validate(self) -> None:
         if self.hidden_size % self.num_heads:
@@ -44,6 +45,8 @@ class ModelConfig:
             raise ValueError(f"model.dtype must be float32|bfloat16|float16, got {self.dtype!r}")
         if self.item_init not in ("auto", "title_mean", "random"):
             raise ValueError(f"model.item_init must be auto|title_mean|random, got {self.item_init!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
         if self.attn_implementation not in ("auto", "sdpa", "eager", "flash_attention_2"):
             raise ValueError(f"model.attn_implementation unknown: {self.attn_implementation!r}")
 
@@ -98,7 +101,26 @@ def build_model(cfg: ModelConfig, tokenizer, items=None):
     init = cfg.item_init if cfg.item_init != "auto" else ("title_mean" if cfg.base_model else "random")
     if init == "title_mean" and items is not None:
         init_item_embeddings(model, tokenizer, items, first_new_token=n_old)
+    if cfg.dropout:
+        add_dropout(model, cfg.dropout)
     return model
+
+
+def add_dropout(model, p: float) -> None:
+    """Dropout on the token embeddings (a forward hook, active only in train mode) and in attention.
+
+    Llama has no hidden dropout of its own; SASRec-style regularisation is what a small model trained from
+    scratch on sparse histories needs. The hook is not saved; a loaded checkpoint keeps only `attention_dropout`
+    in its config, which acts in train mode only.
+    """
+    model.config.attention_dropout = p
+    for layer in model.model.layers:
+        layer.self_attn.attention_dropout = p
+
+    def embedding_dropout(module, args, output):
+        return torch.nn.functional.dropout(output, p, module.training)
+
+    model.get_input_embeddings().register_forward_hook(embedding_dropout)
 
 
 @torch.no_grad()

@@ -31,6 +31,9 @@ class PipelineConfig:
     sft_discriminator: dict[str, Any] = field(default_factory=dict)
     generator_checkpoint: str | None = None
     discriminator_checkpoint: str | None = None
+    # start the discriminator's SFT from the fine-tuned generator (its item embeddings already encode which items
+    # follow which histories) instead of from scratch / model.base_model
+    discriminator_from_generator: bool = True
     generate: dict[str, Any] = field(default_factory=dict)
     discriminate: dict[str, Any] = field(default_factory=dict)
     score_real: bool = True  # the discriminator also scores real training pairs ("w/o generator" ablation)

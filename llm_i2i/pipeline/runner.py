@@ -26,6 +26,11 @@ def _sft_generator(store, cfg, ops, map_fn) -> StageResult:
     return st.sft(store, cfg, "generator", data, ops)
 
 
+def _sft_discriminator(store, cfg, ops, map_fn) -> StageResult:
+    init = store.get("sft_generator") if cfg.discriminator_from_generator else None
+    return st.sft(store, cfg, "discriminator", store.get("prepare"), ops, init_from=init)
+
+
 def _generate(store, cfg, ops, map_fn) -> StageResult:
     data = store.get("prepare")
     if cfg.wo_longtail_loss:
@@ -51,7 +56,7 @@ def _fuse(store, cfg, ops, map_fn) -> StageResult:
 STAGE_FUNCS: dict[str, Callable[..., StageResult]] = {
     "prepare": lambda store, cfg, ops, map_fn: st.prepare(store, cfg),
     "sft_generator": _sft_generator,
-    "sft_discriminator": lambda store, cfg, ops, map_fn: st.sft(store, cfg, "discriminator", store.get("prepare"), ops),
+    "sft_discriminator": _sft_discriminator,
     "generate": _generate,
     "discriminate": _discriminate,
     "fuse": _fuse,

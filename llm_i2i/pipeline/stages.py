@@ -128,8 +128,9 @@ def prepare(store: ArtifactStore, cfg: PipelineConfig) -> StageResult:
 
 
 def sft(store: ArtifactStore, cfg: PipelineConfig, role: str, data: Artifact, ops: LLMOps,
-        name: str | None = None) -> StageResult:
-    """Fine-tune the generator or discriminator, or register an existing checkpoint (`<role>_checkpoint`)."""
+        name: str | None = None, init_from: Artifact | None = None) -> StageResult:
+    """Fine-tune the generator or discriminator (from `init_from`'s checkpoint if given), or register an
+    existing checkpoint (`<role>_checkpoint`)."""
     name = name or f"sft_{role}"
     reuse = cfg.generator_checkpoint if role == "generator" else cfg.discriminator_checkpoint
     if reuse:
@@ -145,10 +146,18 @@ def sft(store: ArtifactStore, cfg: PipelineConfig, role: str, data: Artifact, op
         return store.run_stage(name, {"reuse": str(ckpt)}, {}, register, {"checkpoint": fingerprint_path(ckpt)})
 
     sft_cfg = {**(cfg.sft_generator if role == "generator" else cfg.sft_discriminator), "role": role}
+    inputs = {"prepare": data}
+    run_cfg = sft_cfg
+    if init_from is not None:
+        # the stage hash sees the base checkpoint through its content hash (an input), not its path, so a moved
+        # output dir is still recognised as finished
+        sft_cfg["model"] = {**sft_cfg.get("model", {}), "base_model": "<init_from>"}
+        run_cfg = {**sft_cfg, "model": {**sft_cfg["model"], "base_model": str(checkpoint_of(init_from))}}
+        inputs["init_from"] = init_from
     work = store.work_dir(name)  # outside the atomic dir so an interrupted SFT resumes from its checkpoints
 
     def train(out: Path) -> dict[str, Any]:
-        ckpt = ops.sft(sft_cfg, dataset_dir(data), work)
+        ckpt = ops.sft(run_cfg, dataset_dir(data), work)
         # copied, not moved: if this process dies before the manifest lands, the rerun finds the finished
         # checkpoint in `work` (run_sft skips a run whose manifest matches its config)
         shutil.copytree(ckpt, out / "model")
@@ -156,7 +165,7 @@ def sft(store: ArtifactStore, cfg: PipelineConfig, role: str, data: Artifact, op
         m = out / "model" / "llm_i2i_manifest.json"
         return {"sft_manifest": json.loads(m.read_text()) if m.exists() else None}
 
-    return store.run_stage(name, sft_cfg, {"prepare": data}, train)
+    return store.run_stage(name, sft_cfg, inputs, train)
 
 
 def generate(store: ArtifactStore, cfg: PipelineConfig, data: Artifact, gen: Artifact, ops: LLMOps,

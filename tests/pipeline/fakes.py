@@ -22,6 +22,7 @@ from llm_i2i.pipeline.stages import LLMOps
 class FakeLLM:
     def __init__(self, fail_in: str | None = None):
         self.calls: Counter = Counter()
+        self.sft_configs: dict[str, dict] = {}  # role -> the last SFT config it was called with
         self.fail_in = fail_in  # raise inside this op once, to simulate a crash mid-stage
 
     def _maybe_fail(self, op: str) -> None:
@@ -31,6 +32,7 @@ class FakeLLM:
 
     def sft(self, cfg, dataset_dir: Path, out_dir: Path) -> Path:
         self.calls["sft_" + cfg["role"]] += 1
+        self.sft_configs[cfg["role"]] = cfg
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "llm_i2i_manifest.json").write_text(json.dumps({"role": cfg["role"], "fake": True}))
         return out_dir

@@ -40,6 +40,14 @@ def test_every_stage_writes_a_manifest(finished):
     assert json.loads((out / "fuse" / "manifest.json").read_text())["inputs"].keys() == {"prepare", "scored_main", "scored_alpha1"}
 
 
+def test_discriminator_starts_from_the_generator(finished):
+    out, fake, _ = finished
+    base = fake.sft_configs["discriminator"]["model"]["base_model"]
+    assert Path(base) == out / "sft_generator" / "model"
+    inputs = json.loads((out / "sft_discriminator" / "manifest.json").read_text())["inputs"]
+    assert inputs.keys() == {"prepare", "init_from"}
+
+
 def test_report_has_every_row(finished):
     out, fake, r = finished
     on_disk = json.loads((out / "report.json").read_text())

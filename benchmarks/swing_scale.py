@@ -1,6 +1,6 @@
 """Sharded Swing at scale: our Ray actors (1 and 2) vs the Flink-ML-style item-centric reference in
 Python and vs PySpark, on the same synthetic power-law graphs with the same caps, plus the
-merge-step floor and a cost model extrapolated to 1B / 10B edges.
+intersection-step floor and a cost model extrapolated to 1B / 10B edges.
 
     flock /tmp/llm_i2i_heavy.lock .venv/bin/python -m benchmarks.swing_scale \
         [--sizes 1e6,1e7,1e8] [--spark-sizes 1e6,1e7] [--reference-size 1e6] [--one-shard-max 1e7]
@@ -28,7 +28,7 @@ from llm_i2i.io import write_json, write_text
 from llm_i2i.progress import log
 
 RESULTS = Path(__file__).resolve().parent / "results"
-FLOOR_STEPS_PER_S_PER_CORE = 1e9  # one merge comparison per ns per core: the kernel's ideal
+FLOOR_STEPS_PER_S_PER_CORE = 1e9  # one intersection step (list element read) per ns per core: the ideal
 
 
 def power_law_sequences(edges: int, seed: int, mean_item_degree: float = 20.0, item_exponent: float = 0.9,
@@ -82,8 +82,8 @@ def run_ours(graph, shards: int, k: int, alpha2: float, scratch: Path) -> tuple[
     per = stats["per_shard"]
     stats["edges_per_s"] = graph.n_edges / stats["total_seconds"]
     stats["peak_rss_per_actor_bytes"] = max(s["ru_maxrss_bytes"] for s in per)
-    stats["steps_per_s_per_core"] = stats["merge_steps"] / sum(s["seconds"] for s in per)
-    stats["floor_seconds"] = stats["merge_steps"] / (FLOOR_STEPS_PER_S_PER_CORE * shards)
+    stats["steps_per_s_per_core"] = stats["intersection_steps"] / sum(s["seconds"] for s in per)
+    stats["floor_seconds"] = stats["intersection_steps"] / (FLOOR_STEPS_PER_S_PER_CORE * shards)
     stats["over_floor"] = stats["compute_seconds"] / stats["floor_seconds"]
     return stats, out / "neighbors.parquet"
 
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             for shards in ([1, 2] if edges <= args.one_shard_max else [2]):
                 stats, path = run_ours(graph, shards, cfg.k, cfg.alpha2, scratch)
                 row[f"ours_{shards}"] = stats
-                log.info(f"[{edges:.0e}] ours x{shards}: {stats['total_seconds']:.1f}s, {stats['merge_steps']:.3g} steps, "
+                log.info(f"[{edges:.0e}] ours x{shards}: {stats['total_seconds']:.1f}s, {stats['intersection_steps']:.3g} steps, "
                          f"{stats['over_floor']:.1f}x floor, peak RSS/actor {stats['peak_rss_per_actor_bytes'] / 2**20:.0f} MiB")
                 if ours_path is not None:
                     shutil.rmtree(ours_path.parent)
@@ -219,7 +219,7 @@ def finish(rows: list[dict], argv: list[str] | None, out: Path, seconds: float, 
 
 def _model_from(row: dict, replication: float) -> CostModel:
     o = row["ours_2"]
-    return CostModel(steps_per_edge=o["merge_steps"] / row["edges"], steps_per_s_per_core=o["steps_per_s_per_core"],
+    return CostModel(steps_per_edge=o["intersection_steps"] / row["edges"], steps_per_s_per_core=o["steps_per_s_per_core"],
                      graph_bytes_per_edge=row["graph_bytes"] / row["edges"], replication=replication,
                      fixed_seconds=o["total_seconds"] - o["compute_seconds"])
 
@@ -255,7 +255,7 @@ def plot(rows: list[dict], path: Path) -> None:
     e = np.array([r["edges"] for r in rows], float)
     series = {
         "ours, 2 actors": [r["ours_2"]["total_seconds"] for r in rows],
-        "merge-step floor (1e9 steps/s/core, 2 cores)": [r["ours_2"]["floor_seconds"] for r in rows],
+        "intersection-step floor (1e9 steps/s/core, 2 cores)": [r["ours_2"]["floor_seconds"] for r in rows],
     }
     for label, ys in series.items():
         ax.plot(e, ys, "o-", label=label)
@@ -294,7 +294,7 @@ def markdown(res: dict) -> str:
         "(reported separately) and include putting it in the object store / reading it, all compute and",
         "writing the top-K Parquet.",
         "",
-        "| edges | items | build s | ours 1 actor s | ours 2 actors s | edges/s (2) | merge steps | floor s (2 cores) | ours / floor | peak RSS/actor MiB | PySpark s | PySpark / ours(2) | reference s (est.) | reference / ours(2) |",
+        "| edges | items | build s | ours 1 actor s | ours 2 actors s | edges/s (2) | intersection steps | floor s (2 cores) | ours / floor | peak RSS/actor MiB | PySpark s | PySpark / ours(2) | reference s (est.) | reference / ours(2) |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in res["runs"]:
@@ -307,7 +307,7 @@ def markdown(res: dict) -> str:
         refs = f"{ref['estimated_full_seconds']:.0f} | {ref['vs_ours_2']:.0f}×" if ref else "– | –"
         lines.append(
             f"| {r['edges']:,} | {r['items']:,} | {r['graph_build_seconds']:.1f} | {o1s} | {o2['total_seconds']:.1f} | "
-            f"{o2['edges_per_s']:.3g} | {o2['merge_steps']:.3g} | {o2['floor_seconds']:.1f} | {o2['over_floor']:.1f}× | "
+            f"{o2['edges_per_s']:.3g} | {o2['intersection_steps']:.3g} | {o2['floor_seconds']:.1f} | {o2['over_floor']:.1f}× | "
             f"{o2['peak_rss_per_actor_bytes'] / mib:.0f} | {sps} | {refs} |"
         )
     lines += [
@@ -328,7 +328,7 @@ def markdown(res: dict) -> str:
     for r in res["runs"]:
         for s in r["ours_2"]["per_shard"]:
             lines.append(f"- {r['edges']:,} edges, shard {s['shard']}: {s['items']:,} items, {s['chunks']} chunks, "
-                         f"{s['seconds']:.1f} s, {s['merge_steps']:.3g} steps, ru_maxrss {s['ru_maxrss_bytes'] / mib:.0f} MiB, "
+                         f"{s['seconds']:.1f} s, {s['intersection_steps']:.3g} steps, ru_maxrss {s['ru_maxrss_bytes'] / mib:.0f} MiB, "
                          f"RSS at start {s['rss_at_start_bytes'] / mib:.0f} MiB")
         lines.append(f"- {r['edges']:,} edges: work-estimate imbalance {r['ours_2']['work_estimate_imbalance']:.3f}, "
                      f"object-store put {r['ours_2']['put_seconds']:.2f} s, graph {r['graph_bytes'] / mib:.0f} MiB")
@@ -346,10 +346,10 @@ def markdown(res: dict) -> str:
                      f"{c['predicted_edges']:,} edges on this machine; measured {c['measured_seconds']:.0f} s "
                      f"(measured / predicted = {c['measured_over_predicted']:.2f}).")
     lines += ["", f"Cluster node: {cm['cluster_node']}", "",
-              "| edges | plan | nodes | cores | merge steps | bytes shipped GB | per node GB | wall h | node-hours | core-hours |",
+              "| edges | plan | nodes | cores | intersection steps | bytes shipped GB | per node GB | wall h | node-hours | core-hours |",
               "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for x in cm["extrapolations"]:
-        lines.append(f"| {x['edges']:.0e} | {x['plan']} | {x['nodes']} | {x['cores']} | {x['merge_steps']:.2g} | "
+        lines.append(f"| {x['edges']:.0e} | {x['plan']} | {x['nodes']} | {x['cores']} | {x['intersection_steps']:.2g} | "
                      f"{x['bytes_shuffled'] / 1e9:.1f} | {x['bytes_per_node'] / 1e9:.1f} | {x['wall_hours']:.3f} | "
                      f"{x['node_hours']:.3f} | {x['core_hours']:.2f} |")
     lines.append("")

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 import ray
 
 from llm_i2i.i2i.base import NEIGHBORS_SCHEMA
-from llm_i2i.i2i.swing import SwingConfig, SwingGraph, SwingScratch, build_graph, swing_topk_into
+from llm_i2i.i2i.swing import SwingConfig, SwingGraph, SwingScratch, build_graph, swing_topk
 from llm_i2i.i2i.swing_shards import chunk_ranges, item_work, plan_shards
 from llm_i2i.io import atomic_dir, atomic_path, sha256_file, write_json
 from llm_i2i.progress import log
@@ -67,7 +67,7 @@ class SwingShard:
             with pq.ParquetWriter(tmp, NEIGHBORS_SCHEMA) as writer:
                 for lo, hi in zip(chunk_bounds[:-1], chunk_bounds[1:]):
                     todo = np.arange(lo, hi, dtype=np.int64)
-                    idx, sc, st = swing_topk_into(self.graph, k, alpha2, todo, self.scratch)
+                    idx, sc, st = swing_topk(self.graph, k, alpha2, todo, self.scratch)
                     table = chunk_table(todo, idx, sc, self.item_ids)
                     writer.write_table(table, row_group_size=max(table.num_rows, 1))
                     rows += table.num_rows
@@ -77,7 +77,7 @@ class SwingShard:
             "items": int(chunk_bounds[-1] - chunk_bounds[0]),
             "chunks": int(len(chunk_bounds) - 1),
             "rows": rows,
-            "merge_steps": steps,
+            "intersection_steps": steps,
             "seconds": time.perf_counter() - t0,
             "rss_at_start_bytes": self._start_rss,
             "rss_peak_sampled_bytes": peak_sampled,
@@ -151,7 +151,7 @@ def run_sharded_swing(
             "edges": graph.n_edges,
             "k": k,
             "rows": rows,
-            "merge_steps": int(sum(s["merge_steps"] for s in shard_stats)),
+            "intersection_steps": int(sum(s["intersection_steps"] for s in shard_stats)),
             "work_estimate_imbalance": plan.imbalance,
             "put_seconds": t_put,
             "compute_seconds": t_compute,

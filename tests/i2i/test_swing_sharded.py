@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from llm_i2i.data.sequences import Sequences, sequences_from_interactions
 from llm_i2i.i2i.base import NEIGHBORS_SCHEMA
-from llm_i2i.i2i.swing import Swing, SwingConfig, SwingScratch, build_graph, swing_topk, swing_topk_into
+from llm_i2i.i2i.swing import Swing, SwingConfig, SwingScratch, build_graph, swing_topk
 from llm_i2i.i2i.swing_shards import (
     ClusterSpec,
     CostModel,
@@ -78,7 +78,7 @@ def test_chunk_ranges_bounded(work, max_items, max_work):
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_item_work_bounds_measured_merge_steps(case):
+def test_item_work_bounds_measured_steps(case):
     _, c, g = _graph(1, case)
     work = item_work(g)
     for i in range(g.n_items):
@@ -122,7 +122,7 @@ def test_cost_model_scales_and_switches_plan():
     assert small["nodes"] == 1 and small["bytes_shuffled"] == 0
     assert big["nodes"] == 30 and big["bytes_per_node"] <= 5e8
     assert small["wall_hours"] * 3600 == pytest.approx(1e7 * 100 / (1e8 * 10))
-    assert big["merge_steps"] == pytest.approx(1e11)
+    assert big["intersection_steps"] == pytest.approx(1e11)
 
 
 # --------------------------------------------------------------------------- Ray actors
@@ -153,7 +153,7 @@ def test_ray_shards_equal_single_node(ray_cluster, tmp_path, case, shard_counts)
         assert table.schema.equals(NEIGHBORS_SCHEMA)
         assert table.equals(ref_table), f"{shards} shards differ from single-node Swing"
         assert stats["rows"] == ref_table.num_rows and stats["shards"] == shards
-        assert stats["merge_steps"] == swing_topk(g, c.k, c.alpha2)[2]
+        assert stats["intersection_steps"] == swing_topk(g, c.k, c.alpha2)[2]
         assert all(s["ru_maxrss_bytes"] > 0 for s in stats["per_shard"])
         assert (out / "manifest.json").exists() and not (out / "parts").exists()
 
@@ -175,15 +175,15 @@ def test_cli_entry_point(ray_cluster, tmp_path):
 
 @settings(max_examples=15, deadline=None)
 @given(st.integers(0, 10_000), st.sampled_from(sorted(CASES)), st.integers(1, 20), st.integers(1, 5))
-def test_chunked_fast_kernel_equals_swing_topk(seed, case, k, n_chunks):
-    """Branch-free merge + bounded top-k + one scratch reused across chunks == the reference kernel
-    (small k forces the partition path and its ties)."""
+def test_chunks_with_one_scratch_equal_one_call(seed, case, k, n_chunks):
+    """One scratch reused across chunks (marks and stamps carried over) == one call over all items
+    (small k forces the bounded top-k's partition path and its ties)."""
     _, c, g = _graph(seed, case)
     ref_idx, ref_sc, ref_steps = swing_topk(g, k, c.alpha2)
     scratch = SwingScratch(g.n_items)
     steps = 0
     for chunk in np.array_split(np.arange(g.n_items), n_chunks):
-        idx, sc, st_ = swing_topk_into(g, k, c.alpha2, chunk, scratch)
+        idx, sc, st_ = swing_topk(g, k, c.alpha2, chunk, scratch)
         np.testing.assert_array_equal(idx, ref_idx[chunk])
         np.testing.assert_array_equal(sc, ref_sc[chunk])
         steps += st_

@@ -1,7 +1,7 @@
 """Quality of the two LLMs on real data (CPU, default small model), against Swing under the same protocol.
 
 For each dataset: SFT the generator with alpha=4 (paper) and alpha=1 (ablation), and the discriminator
-(initialised from the alpha=4 generator); then on the TEST split
+(initialised from the alpha=4 generator; `discriminator_hard` trains on Swing-hard negatives); then on the TEST split
   * the generator alone as a recommender: top-10 from the user's last <= 10 items (train+valid history),
     with and without excluding history items, overall and long-tail (bottom 20% by train popularity),
   * Swing, 'paper' preset (M=1 trigger, no masking) and the same with history masked,
@@ -42,7 +42,8 @@ def _pick(m: dict) -> dict:
             "users": m["users_evaluated"]}
 
 
-def run_dataset(name: str, data_root: Path, overrides: list[str], runs: list[str], res: dict, save) -> dict:
+def run_dataset(name: str, data_root: Path, overrides: list[str], runs: list[str], res: dict, save,
+                disc_overrides: list[str] = (), suffix: str = "") -> dict:
     canon = REPO / "out" / "data" / name
     if not (canon / "interactions.parquet").exists():
         save_dataset(load_dataset(None if name == "synthetic" else data_root / name), canon)  # 'synthetic': the embedded set
@@ -59,13 +60,16 @@ def run_dataset(name: str, data_root: Path, overrides: list[str], runs: list[str
         "generator_a4": (["role=generator", "alpha=4.0"], None),
         "generator_a1": (["role=generator", "alpha=1.0"], None),
         "discriminator": (["role=discriminator", "epochs=1"], "generator_a4"),
+        "discriminator_hard": (["role=discriminator", "epochs=1", "hard_negatives=true"], "generator_a4"),
     }
     for run in runs:
         sets, init_from = specs[run]
         extra = [f"model.base_model={out / init_from}"] if init_from else []
+        if run.startswith("discriminator"):
+            extra += list(disc_overrides)
         cfg = load_config(SFTConfig, None, [*overrides, *sets, *extra])  # the run's own settings win
         t = time.perf_counter()
-        ckpt = run_sft(cfg, canon, out / run)
+        ckpt = run_sft(cfg, canon, out / f"{run}{suffix}")
         seconds = time.perf_counter() - t
         _, _, manifest = load_checkpoint(ckpt)
         entry = {"checkpoint": str(ckpt), "sft_seconds_this_invocation": seconds, "config": to_dict(cfg),
@@ -77,7 +81,7 @@ def run_dataset(name: str, data_root: Path, overrides: list[str], runs: list[str
         else:
             entry["valid_auc_random"] = discriminator_auc(ckpt, canon, "random")
             entry["valid_auc_hard"] = discriminator_auc(ckpt, canon, "hard")
-        res["runs"][run] = entry
+        res["runs"][f"{run}{suffix}"] = entry
         save()
         log.info(f"{name}/{run}: {entry.get('test_exclude_history_True', entry.get('valid_auc_random'))}")
     return res
@@ -104,10 +108,13 @@ def to_markdown(all_res: list[dict], command: str, seconds: float) -> str:
                 m = e[f"test_exclude_history_{excl}"]
                 lines.append(f"| {run} (alpha={e['config']['alpha']:g}) | {'yes' if excl else 'no'} | {m['recall@10']:.4f} | "
                              f"{m['ndcg@10']:.4f} | {m['long_tail_recall@10']:.4f} | {m['long_tail_ndcg@10']:.4f} |")
-        if "discriminator" in r["runs"]:
-            e = r["runs"]["discriminator"]
-            lines += ["", f"Discriminator ROC-AUC (validation positives vs one negative per user): random negatives "
-                      f"**{e['valid_auc_random']:.4f}**, Swing-hard negatives **{e['valid_auc_hard']:.4f}**."]
+        for run, e in r["runs"].items():
+            if run.startswith("discriminator"):
+                c = e["config"]
+                lines += ["", f"`{run}` (trained on {'Swing-hard' if c['hard_negatives'] else 'random'} negatives, "
+                          f"{c['epochs']} epoch(s), {c['positions_per_user']} positives/user): ROC-AUC on validation "
+                          f"positives vs one negative per user: random negatives **{e['valid_auc_random']:.4f}**, "
+                          f"Swing-hard negatives **{e['valid_auc_hard']:.4f}**."]
         lines += ["", "| run | epochs (best) | train s | tokens/s | checkpoint |", "|---|---|---|---|---|"]
         for run, e in r["runs"].items():
             tr = e["training"]
@@ -123,6 +130,8 @@ def main() -> int:
     p.add_argument("--datasets", nargs="+", default=["Beauty", "Toys_and_Games"])
     p.add_argument("--runs", nargs="+", default=["generator_a4", "discriminator", "generator_a1"])
     p.add_argument("--set", action="append", default=[], help="SFTConfig override for every run")
+    p.add_argument("--disc-set", action="append", default=[], help="override for discriminator runs only (wins)")
+    p.add_argument("--suffix", default="", help="appended to run names / checkpoint dirs (variants of a run)")
     p.add_argument("--tag", default="llm_quality")
     args = p.parse_args()
     setup_logging()
@@ -138,7 +147,7 @@ def main() -> int:
 
     for name in args.datasets:
         results.append({})
-        run_dataset(name, Path(args.data_root), args.set, args.runs, results[-1], save)
+        run_dataset(name, Path(args.data_root), args.set, args.runs, results[-1], save, args.disc_set, args.suffix)
     return 0
 
 

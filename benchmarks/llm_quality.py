@@ -63,6 +63,11 @@ def run_dataset(name: str, data_root: Path, overrides: list[str], runs: list[str
         "discriminator_hard": (["role=discriminator", "epochs=1", "hard_negatives=true"], "generator_a4"),
     }
     for run in runs:
+        if run == "references":
+            res["auc_references"] = reference_aucs(canon, out / "generator_a4")
+            save()
+            log.info(f"{name}/references: {res['auc_references']}")
+            continue
         sets, init_from = specs[run]
         extra = [f"model.base_model={out / init_from}"] if init_from else []
         if run.startswith("discriminator"):
@@ -85,6 +90,36 @@ def run_dataset(name: str, data_root: Path, overrides: list[str], runs: list[str
         save()
         log.info(f"{name}/{run}: {entry.get('test_exclude_history_True', entry.get('valid_auc_random'))}")
     return res
+
+
+def reference_aucs(canon: Path, generator: Path) -> dict:
+    """What the discriminator's ROC-AUC is measured against, on the same pairs (`auc_pairs`, validation split):
+    the candidate's training popularity, and the alpha=4 generator's next-item logit for the candidate."""
+    import numpy as np
+    import torch
+
+    from llm_i2i.llm.scoring import next_item_scores
+    from llm_i2i.llm.sft import _swing_neighbors, auc_pairs, roc_auc
+    from llm_i2i.llm.tokenizer import item_vocabulary
+
+    split = leave_one_out(load_dataset(canon).sequences())
+    counts = split.train.item_counts().astype(np.float64)
+    dense = {int(e): d for d, e in enumerate(split.train.item_ids)}
+    model, tok, _ = load_checkpoint(generator)
+    col = {int(e): c for c, e in enumerate(item_vocabulary(tok)[0])}
+    out = {}
+    for neg in ("random", "hard"):
+        hard = _swing_neighbors(split.train) if neg == "hard" else None
+        hist, cand, labels = auc_pairs(split, "valid", hard, 10, None, 0)
+        pop = counts[[dense[c] for c in cand]]
+        logits = np.empty(len(cand))
+        for s in range(0, len(cand), 1024):  # each user's two rows share the history: score it once
+            with torch.no_grad():
+                sc = next_item_scores(model, tok, hist[s:s + 1024:2], max_history=10).float().numpy()
+            rows = np.repeat(np.arange(sc.shape[0]), 2)
+            logits[s:s + 2 * sc.shape[0]] = sc[rows, [col[c] for c in cand[s:s + 2 * sc.shape[0]]]]
+        out[neg] = {"popularity": roc_auc(labels, pop), "generator_logit": roc_auc(labels, logits)}
+    return out
 
 
 def to_markdown(all_res: list[dict], command: str, seconds: float) -> str:
@@ -115,6 +150,12 @@ def to_markdown(all_res: list[dict], command: str, seconds: float) -> str:
                           f"{c['epochs']} epoch(s), {c['positions_per_user']} positives/user): ROC-AUC on validation "
                           f"positives vs one negative per user: random negatives **{e['valid_auc_random']:.4f}**, "
                           f"Swing-hard negatives **{e['valid_auc_hard']:.4f}**."]
+        if "auc_references" in r:
+            ref = r["auc_references"]
+            lines += ["", "Reference scorers on the same validation pairs (ROC-AUC, random / Swing-hard negatives): "
+                      f"candidate popularity {ref['random']['popularity']:.4f} / {ref['hard']['popularity']:.4f}, "
+                      f"alpha=4 generator's logit {ref['random']['generator_logit']:.4f} / "
+                      f"{ref['hard']['generator_logit']:.4f}."]
         lines += ["", "| run | epochs (best) | train s | tokens/s | checkpoint |", "|---|---|---|---|---|"]
         for run, e in r["runs"].items():
             tr = e["training"]

@@ -408,9 +408,10 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     return float((r[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def auc_on_split(model, tokenizer, split: LeaveOneOut, which: str, hard_neighbors, max_history: int,
-                 max_users: int | None, seed: int, batch_size: int = 512, titles=None) -> float:
-    """Held-out target (positive) vs one sampled negative per evaluated user, never an item the user touched."""
+def auc_pairs(split: LeaveOneOut, which: str, hard_neighbors, max_history: int, max_users: int | None,
+              seed: int) -> tuple[list[list[int]], list[int], np.ndarray]:
+    """(histories, candidates, labels) as external ids: each evaluated user's held-out target (positive) and one
+    sampled negative, never an item the user touched (random, or from the Swing neighbours of the last item)."""
     targets = split.targets(which)
     hist = split.history(which)
     rows = np.flatnonzero(targets >= 0)
@@ -433,8 +434,15 @@ def auc_on_split(model, tokenizer, split: LeaveOneOut, which: str, hard_neighbor
         histories += [ext, ext]
         cands += [int(hist.item_ids[targets[u]]), int(hist.item_ids[neg])]
         labels += [1, 0]
+    return histories, cands, np.array(labels)
+
+
+def auc_on_split(model, tokenizer, split: LeaveOneOut, which: str, hard_neighbors, max_history: int,
+                 max_users: int | None, seed: int, batch_size: int = 512, titles=None) -> float:
+    """ROC-AUC of the discriminator's P(Yes) on `auc_pairs`."""
+    histories, cands, labels = auc_pairs(split, which, hard_neighbors, max_history, max_users, seed)
     p = yes_probability(model, tokenizer, histories, cands, titles=titles, max_history=max_history, batch_size=batch_size)
-    return roc_auc(np.array(labels), p)
+    return roc_auc(labels, p)
 
 
 def _swing_neighbors(train):

@@ -149,7 +149,10 @@ def _checkpoints(storage: Path, run_hash: str) -> list[Path]:
     return [p for p in found if _state_of(p).get("run_hash") == run_hash]
 
 
-def clear_stale_build_locks(ext_dir: str | Path, idle_seconds: float = 600.0) -> list[Path]:
+BUILD_LOCK_IDLE_SECONDS = 600.0
+
+
+def clear_stale_build_locks(ext_dir: str | Path, idle_seconds: float = BUILD_LOCK_IDLE_SECONDS) -> list[Path]:
     """Remove torch-extension build locks (DeepSpeed's JIT ops) left by a killed build.
 
     torch's FileBaton waits forever while `<op>/lock` exists, so one interrupted compile would hang every later
@@ -180,7 +183,8 @@ def train_with_ray(cfg, dataset_dir: Path, out_dir: Path, tokenizer_dir: Path):
     gpu = torch.cuda.is_available()
     ext_dir = os.environ.get("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions"))
     for lock in clear_stale_build_locks(ext_dir):
-        log.warning(f"removed stale build lock {lock} (no build activity for 10 min; a killed compile left it)")
+        log.warning(f"removed stale build lock {lock} (no build activity for {BUILD_LOCK_IDLE_SECONDS:.0f} s; "
+                    "a killed compile left it)")
     if not ray.is_initialized():
         address = os.environ.get("RAY_ADDRESS", "local")
         kw = dict(num_cpus=max(2, os.cpu_count() or 2)) if address == "local" else {}

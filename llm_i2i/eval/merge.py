@@ -19,19 +19,21 @@ MERGE_MODES = ("sum", "max", "recency")
 
 
 @numba.njit(cache=True, nogil=True)
-def _merge_one(indptr, nbrs, scores, triggers, trig_w, use_max, k, exclude, acc, stamp, tick, touched, out_idx, out_sc):
+def _merge_one(indptr, nbrs, scores, triggers, trig_w, use_max, k, exclude, acc, stamp, banned, tick, touched, out_idx,
+               out_sc):
     """Merge the neighbour lists of `triggers` into out_idx/out_sc (length k); returns count written.
-    `exclude` is sorted; `stamp`/`tick` avoid clearing the n_items-sized scratch between calls."""
+    `stamp`/`banned` == `tick` mark touched/excluded items, so the n_items-sized scratch is never cleared and an
+    excluded item costs one lookup (a binary search per neighbour was 2/3 of a serving merge)."""
+    for e in range(exclude.shape[0]):
+        banned[exclude[e]] = tick
     n_t = 0
     for t in range(triggers.shape[0]):
         i = triggers[t]
         w = trig_w[t]
         for p in range(indptr[i], indptr[i + 1]):
             j = nbrs[p]
-            if exclude.shape[0] > 0:
-                pos = np.searchsorted(exclude, j)
-                if pos < exclude.shape[0] and exclude[pos] == j:
-                    continue
+            if banned[j] == tick:
+                continue
             s = w * scores[p]
             if stamp[j] != tick:
                 stamp[j] = tick
@@ -87,6 +89,7 @@ def _recommend_batch(indptr, nbrs, scores, h_indptr, h_items, num_triggers, use_
     acc = np.zeros(n_items, np.float64)
     stamp = np.full(n_items, -1, np.int64)
     seen = np.full(n_items, -1, np.int64)
+    banned = np.full(n_items, -1, np.int64)
     touched = np.empty(n_items, np.int32)
     empty = np.empty(0, np.int32)
     for u in range(h_indptr.shape[0] - 1):
@@ -95,8 +98,8 @@ def _recommend_batch(indptr, nbrs, scores, h_indptr, h_items, num_triggers, use_
         w = np.empty(trig.shape[0], np.float64)
         for a in range(trig.shape[0]):
             w[a] = decay**a
-        excl = np.unique(hist) if mask else empty
-        _merge_one(indptr, nbrs, scores, trig, w, use_max, k, excl, acc, stamp, u, touched, out_idx[u], out_sc[u])
+        _merge_one(indptr, nbrs, scores, trig, w, use_max, k, hist if mask else empty, acc, stamp, banned, u, touched,
+                   out_idx[u], out_sc[u])
 
 
 def _mode(how: str, decay: float) -> tuple[bool, float]:
@@ -139,6 +142,7 @@ class FanoutMerger:
         self._acc = np.zeros(n, np.float64)
         self._stamp = np.full(n, -1, np.int64)
         self._seen = np.full(n, -1, np.int64)
+        self._banned = np.full(n, -1, np.int64)
         self._touched = np.empty(n, np.int32)
         self._tick = 0
         self._lock = threading.Lock()
@@ -150,13 +154,13 @@ class FanoutMerger:
         nb = self.neighbors
         out_idx = np.full(k, -1, np.int32)
         out_sc = np.full(k, -np.inf)
-        excl = np.unique(np.asarray(exclude, np.int32)) if exclude is not None else np.empty(0, np.int32)
+        excl = np.asarray(exclude, np.int32) if exclude is not None else np.empty(0, np.int32)
         with self._lock:
             self._tick += 1
             trig = _recent_triggers(np.asarray(recent, np.int32), int(num_triggers), self._seen, self._tick)
             w = self.decay ** np.arange(len(trig), dtype=np.float64)
             m = _merge_one(
                 nb.indptr, nb.neighbors, nb.scores, trig, w, self.use_max, int(k), excl,
-                self._acc, self._stamp, self._tick, self._touched, out_idx, out_sc,
+                self._acc, self._stamp, self._banned, self._tick, self._touched, out_idx, out_sc,
             )
         return out_idx[:m], out_sc[:m]

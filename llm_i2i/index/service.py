@@ -150,7 +150,7 @@ class IndexService:
             raise RequestError(400, "recent_items is empty: send at least one item id")
         if len(recent_items) > self.cfg.max_recent:
             raise RequestError(400, f"recent_items has {len(recent_items)} ids, at most M={self.cfg.max_recent} allowed")
-        ids = np.array([_as_int(x, f"recent_items[{i}]") for i, x in enumerate(recent_items)], np.int64)
+        ids = _int64_ids(recent_items)
         dense, known = state.index.dense(ids)
         unknown = ids[~known]
         if len(unknown) and (self.cfg.unknown_items == "reject" or len(unknown) == len(ids)):
@@ -231,6 +231,17 @@ def _as_int(x: Any, what: str, from_text: bool = False) -> int:
     if not INT64_MIN <= x <= INT64_MAX:
         raise RequestError(400, f"{what} is outside the int64 range")
     return x
+
+
+def _int64_ids(values: list[Any]) -> np.ndarray:
+    """A JSON list of item ids as int64; the per-element check (which names the bad element) runs only when the
+    one-pass conversion of a list of plain ints fails (it was a quarter of a /recommend merge)."""
+    if all(type(x) is int for x in values):
+        try:
+            return np.array(values, np.int64)
+        except OverflowError:
+            pass
+    return np.array([_as_int(x, f"recent_items[{i}]") for i, x in enumerate(values)], np.int64)
 
 
 def _jsonable(x: Any) -> bool:

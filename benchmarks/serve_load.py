@@ -91,12 +91,30 @@ async def _closed_loop(spec: dict[str, Any]) -> dict[str, Any]:
     return {"requests": done + sum(errors.values()), "wall_s": wall, "qps": done / wall, **_percentiles(lat),
             "statuses": {str(k): v for k, v in sorted(statuses.items())}, "errors": errors,
             "client_cpu_s": cpu, "client_cpu_share_of_machine": cpu / wall / (os.cpu_count() or 1),
-            "versions": versions, "timeline": timeline}
+            "versions": versions, "timeline": timeline, "latencies_s": lat}
 
 
 def client_main(spec_path: str, out_path: str) -> None:
     spec = json.loads(Path(spec_path).read_text())
     Path(out_path).write_text(json.dumps(asyncio.run(_closed_loop(spec))))
+
+
+def _pool(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One phase from its slices: summed counts and time, percentiles over all latencies, per-slice QPS kept."""
+    out: dict[str, Any] = {"requests": sum(r["requests"] for r in runs), "wall_s": sum(r["wall_s"] for r in runs)}
+    done = sum(sum(r["statuses"].values()) for r in runs)
+    out["qps"] = done / out["wall_s"]
+    out.update(_percentiles([x for r in runs for x in r["latencies_s"]]))
+    for key in ("statuses", "errors"):
+        merged: dict[str, int] = {}
+        for r in runs:
+            for k, v in r[key].items():
+                merged[k] = merged.get(k, 0) + v
+        out[key] = merged
+    out["client_cpu_s"] = sum(r["client_cpu_s"] for r in runs)
+    out["client_cpu_share_of_machine"] = out["client_cpu_s"] / out["wall_s"] / (os.cpu_count() or 1)
+    out["slice_qps"] = [r["qps"] for r in runs]
+    return out
 
 
 class LoadRun:
@@ -278,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--m", type=int, default=100, help="recent items per /recommend request (M)")
     ap.add_argument("--k-request", type=int, default=200, help="k asked for by /recommend")
     ap.add_argument("--seconds", type=float, default=20.0, help="duration of each load phase")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved slices per phase (no-op, similar, recommend)")
     ap.add_argument("--concurrency", type=int, default=2, help="closed-loop client connections")
     ap.add_argument("--max-requests", type=int, default=200_000, help="cap per load phase")
     ap.add_argument("--hostile", type=int, default=12_000, help="number of hostile requests")
@@ -285,6 +304,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--port", type=int, default=8123)
     ap.add_argument("--throughput-optimized", action="store_true",
                     help="set RAY_SERVE_THROUGHPUT_OPTIMIZED=1 for the whole cluster (no-op floor included)")
+    ap.add_argument("--ingress", choices=("proxy", "direct"), default="proxy",
+                    help="proxy: load goes through Serve's HTTP proxy; direct: to the replicas' own ports (Serve direct "
+                         "ingress; implies --throughput-optimized), for the no-op floor and the index app alike")
     ap.add_argument("--out", default=str(RESULTS / "serve_load"), help="results path without extension")
     ap.add_argument("--client", nargs=2, metavar=("SPEC", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -297,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from llm_i2i.index.service import ServeConfig
     from llm_i2i.progress import log, setup_logging
-    from serve_apps.i2i_app import deploy
+    from serve_apps.i2i_app import deploy, ray_env, replica_urls
 
     setup_logging()
     t_start = time.time()
@@ -318,21 +340,34 @@ def main(argv: list[str] | None = None) -> int:
     merge_cost = in_process_merge_us(a, rec, args.m)
     log.info(f"in-process /recommend merge: {merge_cost}")
 
+    cfg = ServeConfig(index_dir=str(a), port=args.port, replicas=args.replicas, admin_token=TOKEN, max_recent=args.m,
+                      ingress=args.ingress)
     if args.throughput_optimized:  # Ray's documented switch: user code on the replica loop, buffered logs
         os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
+    os.environ.update(ray_env(cfg))
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, address="local", log_to_driver=False)
-    cfg = ServeConfig(index_dir=str(a), port=args.port, replicas=args.replicas, admin_token=TOKEN, max_recent=args.m)
     deploy(cfg)
     serve.run(_noop_deployment().bind(), name="noop", route_prefix="/noop")
-    url = f"http://127.0.0.1:{args.port}"
+    url = noop_url = f"http://127.0.0.1:{args.port}"
+    if args.ingress == "direct":  # one replica each: the client talks to the replica itself, no proxy in between
+        url, noop_url = replica_urls(cfg.host)[0], replica_urls(cfg.host, "noop")[0]
+    log.info(f"ingress {args.ingress}: index app at {url}, no-op at {noop_url}")
     v0 = _get(url + "/version")
     common = {"concurrency": args.concurrency, "max_requests": args.max_requests}
-    results: dict[str, Any] = {}
-    for name, reqs in (("warmup", noop[:50] + sim[:50] + rec[:50]), ("noop", noop), ("similar", sim), ("recommend", rec)):
-        secs = 2.0 if name == "warmup" else args.seconds
-        results[name] = LoadRun(tmp, name, url, reqs, secs, **common).result()
-        log.info(f"{name}: {results[name]['qps']:.0f} QPS p50 {results[name]['p50_ms']:.2f} ms p99 {results[name]['p99_ms']:.2f} ms "
-                 f"statuses {results[name]['statuses']} errors {results[name]['errors']}")
+    LoadRun(tmp, "warmup_noop", noop_url, noop[:50], 2.0, **common).result()
+    LoadRun(tmp, "warmup", url, sim[:50] + rec[:50], 2.0, **common).result()
+    # The machine's speed drifts (a shared VM: the same phase varied up to 2x between runs), so the phases run in
+    # interleaved slices and each phase pools its slices: drift hits the floor and the index app alike.
+    slices: dict[str, list[dict[str, Any]]] = {"noop": [], "similar": [], "recommend": []}
+    for r in range(args.rounds):
+        for name, reqs in (("noop", noop), ("similar", sim), ("recommend", rec)):
+            x = LoadRun(tmp, f"{name}{r}", noop_url if name == "noop" else url, reqs, args.seconds / args.rounds,
+                        **common).result()
+            slices[name].append(x)
+            log.info(f"round {r + 1}/{args.rounds} {name}: {x['qps']:.0f} QPS p50 {x['p50_ms']:.2f} ms p99 {x['p99_ms']:.2f} ms "
+                     f"statuses {x['statuses']} errors {x['errors']}")
+    results: dict[str, Any] = {name: _pool(xs) for name, xs in slices.items()}
+    results["rounds_recommend_over_noop"] = [r["qps"] / n["qps"] for r, n in zip(slices["recommend"], slices["noop"])]
 
     # hot swap under load: A -> B (user_config) -> corrupt (refused) -> A (admin API), all while /recommend runs
     swap_run = LoadRun(tmp, "swap", url, rec, 2 * args.seconds, track_versions=True, **common)
@@ -359,11 +394,10 @@ def main(argv: list[str] | None = None) -> int:
     events.append({"event": "admin -> index A", "status": status, "seconds": time.perf_counter() - t0,
                    "serving": payload.get("current", {}).get("index_version")})
     results["swap"] = swap_run.result()
+    results["swap"].pop("latencies_s")
     results["swap"]["events"] = events
     _plot_swap(results["swap"].pop("timeline"), events_unix, {ix_a.version: "A", ix_b.version: "B"},
                Path(args.out).with_name(Path(args.out).name + "_swap.png"))
-    for name in ("warmup", "noop", "similar", "recommend"):
-        results[name].pop("timeline")
     results["swap"]["failed_requests"] = sum(n for s, n in results["swap"]["statuses"].items() if s != "200") + sum(
         results["swap"]["errors"].values())
     results["swap"]["corrupt_refused_old_serving"] = corrupt_refused_old_serving
@@ -372,6 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     hostile = hostile_requests(random.Random(0), np.asarray(item_ids), ix_a.k, args.m, cfg.max_body_bytes, args.hostile)
     results["hostile"] = LoadRun(tmp, "hostile", url, hostile, 600.0, args.concurrency, len(hostile)).result()
     results["hostile"].pop("timeline")
+    results["hostile"].pop("latencies_s")
     results["hostile"]["responses_ge_500"] = sum(n for s, n in results["hostile"]["statuses"].items() if int(s) >= 500)
     v_end = _get(url + "/version")
     app = serve.status().applications["i2i"].deployments["I2IIndex"]
@@ -454,6 +489,14 @@ def _cpu_model() -> str:
     return platform.processor()
 
 
+def _ingress_line(r: dict[str, Any]) -> str:
+    if r["params"].get("ingress", "proxy") == "direct":
+        return ("Ingress: **direct** (Serve direct ingress, RAY_SERVE_THROUGHPUT_OPTIMIZED=1): the client connects to "
+                "each app's replica port (Serve's target groups), no proxy hop, for the no-op floor and the index alike.")
+    return ("Ingress: **proxy** (Serve's HTTP proxy forwards every request to the replica"
+            + (", RAY_SERVE_THROUGHPUT_OPTIMIZED=1" if r["params"].get("throughput_optimized") else "") + ").")
+
+
 def _markdown(r: dict[str, Any]) -> str:
     res, m = r["results"], r["machine"]
     lines = [
@@ -465,8 +508,10 @@ def _markdown(r: dict[str, Any]) -> str:
         f"{tuple(round(x, 1) for x in r['loadavg_1_5_15_at_end'])} at end (the machine is shared).",
         f"Index: Swing on {r['index']['dataset']} ({r['index']['items']:,} items, K={r['index']['k']}); "
         f"/recommend sends M={r['params']['m']} recent items and asks for k={r['params']['k_request']}.",
-        f"Load: closed loop, {r['params']['concurrency']} connections, {r['params']['seconds']:.0f} s per phase, aiohttp in a "
+        f"Load: closed loop, {r['params']['concurrency']} connections, {r['params']['seconds']:.0f} s per phase in "
+        f"{r['params'].get('rounds', 1)} interleaved slices (no-op, similar, recommend, no-op, ...; pooled), aiohttp in a "
         "separate process on loopback; client and Serve (proxy, replica, controller) share the same cores.",
+        _ingress_line(r),
         "",
         "| phase | requests | QPS | p50 ms | p95 ms | p99 ms | max ms | vs no-op QPS | client CPU (share of machine) | non-200 |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -476,6 +521,9 @@ def _markdown(r: dict[str, Any]) -> str:
         bad = sum(n for s, n in x["statuses"].items() if s != "200") + sum(x["errors"].values())
         lines.append(f"| {name} | {x['requests']:,} | {x['qps']:.0f} | {x['p50_ms']:.2f} | {x['p95_ms']:.2f} | {x['p99_ms']:.2f} | "
                      f"{x['max_ms']:.1f} | {x['qps'] / res['noop']['qps']:.2f}x | {x['client_cpu_share_of_machine']:.0%} | {bad} |")
+    if "rounds_recommend_over_noop" in res:
+        lines += ["", "/recommend QPS over no-op QPS per interleaved round: "
+                  + ", ".join(f"{x:.2f}" for x in res["rounds_recommend_over_noop"]) + "."]
     h, s = res["hostile"], res["swap"]
     mc = r["in_process_merge"]
     lines += [

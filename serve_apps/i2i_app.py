@@ -123,9 +123,32 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     return deployment.bind(to_dict(replace(cfg, index_dir="", replicas=1)))
 
 
+DIRECT_INGRESS_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}  # Ray's switch: direct ingress, user code on the replica loop
+
+
+def ray_env(cfg: ServeConfig) -> dict[str, str]:
+    """Environment the Ray cluster must START with for `cfg.ingress` (Serve reads it when its processes start)."""
+    return dict(DIRECT_INGRESS_ENV) if cfg.ingress == "direct" else {}
+
+
+def replica_urls(host: str, app: str = APP_NAME) -> list[str]:
+    """HTTP addresses of `app`'s ingress replicas under direct ingress (Serve's target groups); [] under the proxy.
+    Replicas bind to the configured HTTP host, so a loopback host is used as is (the target lists the node IP)."""
+    from ray.serve.context import _get_global_client
+
+    urls = []
+    for group in _get_global_client().get_serve_details().get("target_groups", []):
+        if group.get("app_name") != app or str(group.get("protocol")).rsplit(".", 1)[-1] != "HTTP":
+            continue
+        for t in group.get("targets", []):
+            if str(t.get("name", "")).startswith("SERVE_REPLICA::"):
+                urls.append(f"http://{host if host in ('127.0.0.1', 'localhost') else t['ip']}:{t['port']}")
+    return urls
+
+
 def serve_config(cfg: ServeConfig) -> dict[str, Any]:
     """The declarative Serve config (the shape of serve_apps/config.yaml) for `cfg`."""
-    args = {k: v for k, v in to_dict(cfg).items() if k not in ("index_dir", "replicas", "host", "port")}
+    args = {k: v for k, v in to_dict(cfg).items() if k not in ("index_dir", "replicas", "host", "port", "ingress")}
     return {
         "proxy_location": "HeadOnly",
         "http_options": {"host": cfg.host, "port": cfg.port},
@@ -169,4 +192,11 @@ def deploy(cfg: ServeConfig, timeout_s: float = 120.0) -> serve.handle.Deploymen
         if time.monotonic() > deadline:
             raise TimeoutError(f"Serve app {APP_NAME} not running after {timeout_s}s")
         time.sleep(0.2)
+    if cfg.ingress == "direct":
+        while not replica_urls(cfg.host):  # the controller publishes replica ports a moment after RUNNING
+            if time.monotonic() > deadline:
+                raise RuntimeError("ingress=direct, but Serve lists no replica HTTP ports: start the Ray cluster with "
+                                   + " ".join(f"{k}={v}" for k, v in DIRECT_INGRESS_ENV.items())
+                                   + " in its environment (`llm-i2i serve` does this for --address local)")
+            time.sleep(0.2)
     return serve.get_app_handle(APP_NAME)

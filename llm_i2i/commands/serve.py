@@ -27,6 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", help="HTTP host (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="HTTP port (default 8000)")
     p.add_argument("--replicas", type=int, help="number of replicas (default 1)")
+    p.add_argument("--ingress", choices=("proxy", "direct"),
+                   help="proxy (default): Serve's HTTP proxy on --port; direct: each replica serves HTTP on its own port")
     p.add_argument("--config", help="YAML with ServeConfig fields (top level or under 'serve')")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a ServeConfig field")
     p.add_argument("--admin-token-env", default="LLM_I2I_ADMIN_TOKEN",
@@ -44,7 +46,8 @@ def resolve_config(args: argparse.Namespace) -> ServeConfig:
         loaded = yaml.safe_load(Path(args.config).read_text()) or {}
         section = "serve" if isinstance(loaded, dict) and "serve" in loaded else None
     cfg = load_config(ServeConfig, args.config, args.set, section=section)
-    for field, value in (("index_dir", args.index), ("host", args.host), ("port", args.port), ("replicas", args.replicas)):
+    for field, value in (("index_dir", args.index), ("host", args.host), ("port", args.port), ("replicas", args.replicas),
+                         ("ingress", args.ingress)):
         if value is not None:
             setattr(cfg, field, value)
     cfg.admin_token = cfg.admin_token or os.environ.get(args.admin_token_env, "")
@@ -62,15 +65,19 @@ def run(args: argparse.Namespace) -> int:
     import ray
     from ray import serve
 
-    from serve_apps.i2i_app import deploy
+    from serve_apps.i2i_app import deploy, ray_env, replica_urls
 
     if args.address == "local":
+        os.environ.update(ray_env(cfg))  # the local cluster's processes inherit it
         ray.init(address="local", include_dashboard=False)
     else:
         ray.init(address=args.address)
     deploy(cfg)
     log.info(f"serving on http://{cfg.host}:{cfg.port} ({cfg.replicas} replica(s)); "
              f"admin swap {'enabled' if cfg.admin_token else 'disabled'}")
+    if cfg.ingress == "direct":
+        log.info(f"direct ingress, no proxy hop: replicas at {', '.join(replica_urls(cfg.host))} "
+                 f"(the proxy on port {cfg.port} also answers)")
     if args.detach:
         if args.address == "local":
             log.warning("--detach with --address local: the local cluster stops when this process exits")

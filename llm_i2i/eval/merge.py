@@ -50,12 +50,18 @@ def _merge_one(indptr, nbrs, scores, triggers, trig_w, use_max, k, exclude, acc,
     cand = touched[:n_t]
     vals = np.empty(n_t, np.float64)
     for t in range(n_t):
-        vals[t] = acc[cand[t]]
+        vals[t] = -acc[cand[t]]  # negated: np.partition selects the smallest
     if n_t > k:  # keep only candidates at or above the k-th best score before sorting
-        thr = np.partition(-vals, k - 1)[k - 1]
-        keep = np.flatnonzero(-vals <= thr)
-        cand = cand[keep]
-        vals = vals[keep]
+        thr = np.partition(vals, k - 1)[k - 1]
+        n_keep = 0
+        for t in range(n_t):
+            if vals[t] <= thr:
+                cand[n_keep] = cand[t]  # compacts `touched` in place: it is scratch
+                vals[n_keep] = vals[t]
+                n_keep += 1
+        cand = cand[:n_keep]
+        vals = vals[:n_keep]
+    vals = -vals
     order0 = np.argsort(cand)
     cand = cand[order0]
     vals = vals[order0]
@@ -84,6 +90,18 @@ def _recent_triggers(hist, num_triggers, seen, tick):
 
 
 @numba.njit(cache=True, nogil=True)
+def _recommend_one(indptr, nbrs, scores, hist, num_triggers, use_max, decay, k, exclude, acc, stamp, seen, banned, tick,
+                   touched, out_idx, out_sc):
+    """One user's merge in a single compiled call (serving: a request pays one dispatch, no NumPy temporaries)."""
+    trig = _recent_triggers(hist, num_triggers, seen, tick)
+    w = np.empty(trig.shape[0], np.float64)
+    for a in range(trig.shape[0]):
+        w[a] = decay**a
+    return _merge_one(indptr, nbrs, scores, trig, w, use_max, k, exclude, acc, stamp, banned, tick, touched, out_idx,
+                      out_sc)
+
+
+@numba.njit(cache=True, nogil=True)
 def _recommend_batch(indptr, nbrs, scores, h_indptr, h_items, num_triggers, use_max, decay, mask, k, out_idx, out_sc):
     n_items = indptr.shape[0] - 1
     acc = np.zeros(n_items, np.float64)
@@ -94,12 +112,8 @@ def _recommend_batch(indptr, nbrs, scores, h_indptr, h_items, num_triggers, use_
     empty = np.empty(0, np.int32)
     for u in range(h_indptr.shape[0] - 1):
         hist = h_items[h_indptr[u] : h_indptr[u + 1]]
-        trig = _recent_triggers(hist, num_triggers, seen, u)
-        w = np.empty(trig.shape[0], np.float64)
-        for a in range(trig.shape[0]):
-            w[a] = decay**a
-        _merge_one(indptr, nbrs, scores, trig, w, use_max, k, hist if mask else empty, acc, stamp, banned, u, touched,
-                   out_idx[u], out_sc[u])
+        _recommend_one(indptr, nbrs, scores, hist, num_triggers, use_max, decay, k, hist if mask else empty, acc, stamp,
+                       seen, banned, u, touched, out_idx[u], out_sc[u])
 
 
 def _mode(how: str, decay: float) -> tuple[bool, float]:
@@ -144,6 +158,7 @@ class FanoutMerger:
         self._seen = np.full(n, -1, np.int64)
         self._banned = np.full(n, -1, np.int64)
         self._touched = np.empty(n, np.int32)
+        self._no_exclusion = np.empty(0, np.int32)
         self._tick = 0
         self._lock = threading.Lock()
 
@@ -152,15 +167,14 @@ class FanoutMerger:
     ) -> tuple[np.ndarray, np.ndarray]:
         """`recent`: dense item indices, oldest first. Returns (idx, scores), best first."""
         nb = self.neighbors
-        out_idx = np.full(k, -1, np.int32)
-        out_sc = np.full(k, -np.inf)
-        excl = np.asarray(exclude, np.int32) if exclude is not None else np.empty(0, np.int32)
+        out_idx = np.empty(k, np.int32)
+        out_sc = np.empty(k, np.float64)
+        recent = np.asarray(recent, np.int32)
+        excl = self._no_exclusion if exclude is None else np.asarray(exclude, np.int32)
         with self._lock:
             self._tick += 1
-            trig = _recent_triggers(np.asarray(recent, np.int32), int(num_triggers), self._seen, self._tick)
-            w = self.decay ** np.arange(len(trig), dtype=np.float64)
-            m = _merge_one(
-                nb.indptr, nb.neighbors, nb.scores, trig, w, self.use_max, int(k), excl,
-                self._acc, self._stamp, self._banned, self._tick, self._touched, out_idx, out_sc,
+            m = _recommend_one(
+                nb.indptr, nb.neighbors, nb.scores, recent, int(num_triggers), self.use_max, self.decay, int(k), excl,
+                self._acc, self._stamp, self._seen, self._banned, self._tick, self._touched, out_idx, out_sc,
             )
         return out_idx[:m], out_sc[:m]

@@ -38,6 +38,11 @@ class ServeConfig:
     port: int = 8000
     replicas: int = 1
     replica_cpus: float = 0.5
+    # proxy: Serve's HTTP proxy on host:port forwards to the replicas (one address, works on any cluster).
+    # direct: Ray Serve direct ingress - each replica serves HTTP on its own port (serve_apps.i2i_app.replica_urls),
+    # no proxy hop; the cluster must start with RAY_SERVE_THROUGHPUT_OPTIMIZED=1 (`llm-i2i serve` sets it for a
+    # local cluster). Production puts a load balancer (e.g. Serve's HAProxy mode) in front of the replica ports.
+    ingress: str = "proxy"
 
     def validate(self) -> None:
         if self.max_recent < 1:
@@ -52,6 +57,8 @@ class ServeConfig:
             raise ValueError(f"serve.max_body_bytes must be >= 256, got {self.max_body_bytes}")
         if self.replicas < 1 or self.replica_cpus <= 0:
             raise ValueError("serve.replicas must be >= 1 and serve.replica_cpus > 0")
+        if self.ingress not in ("proxy", "direct"):
+            raise ValueError(f"serve.ingress must be 'proxy' or 'direct', got {self.ingress!r}")
 
 
 class RequestError(ValueError):
@@ -158,8 +165,9 @@ class IndexService:
             raise RequestError(404, f"{len(unknown)} unknown item id(s) in recent_items: {shown}")
         recent = dense[known]
         idx, sc = state.merger.recommend(recent, kk, self.cfg.max_recent, exclude=recent if exclude_seen else None)
+        triggers = len(set(recent_items)) if not len(unknown) else len(np.unique(recent))
         out = {"items": state.index.neighbors.item_ids[idx].tolist(), "scores": sc.tolist(),
-               "triggers": int(len(np.unique(recent))), "index_version": state.index.version}
+               "triggers": triggers, "index_version": state.index.version}
         if len(unknown):
             out["skipped_unknown"] = unknown.tolist()
         return out

@@ -93,6 +93,7 @@ class ServingIndex:
     neighbors: Neighbors  # scores are float32 here (as stored); the merge kernels accept either precision
     manifest: dict[str, Any]
     manifest_sha256: str
+    id_table: np.ndarray | None = None  # external id -> dense index (-1: unknown) when ids are small ints
 
     @property
     def version(self) -> str:
@@ -109,6 +110,11 @@ class ServingIndex:
     def dense(self, item_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """External ids -> (dense indices, known mask); unknown ids get index -1."""
         ids = np.asarray(item_ids, np.int64)
+        if self.id_table is not None:  # one gather instead of a binary search per id (serving hot path)
+            inside = (ids >= 0) & (ids < len(self.id_table))
+            idx = self.id_table[np.where(inside, ids, 0)]
+            idx[~inside] = -1
+            return idx, idx >= 0
         all_ids = self.neighbors.item_ids
         pos = np.searchsorted(all_ids, ids)
         pos_c = np.minimum(pos, max(len(all_ids) - 1, 0))
@@ -175,12 +181,22 @@ def load_index(index_dir: str | Path, verify: bool = True) -> ServingIndex:
             raise CorruptIndexError(f"{p}: not a readable .npy array: {e}") from e
         if arr.dtype != dtype or arr.ndim != 1:
             raise CorruptIndexError(f"{p}: expected 1-D {dtype}, found {arr.ndim}-D {arr.dtype}")
-        arrays[name] = arr
+        arrays[name] = np.asarray(arr)  # a plain ndarray view of the mapping: memmap's subclass hooks cost per slice
     nb = Neighbors(arrays["indptr"], arrays["neighbors"], arrays["scores"], arrays["item_ids"])
     _check_shapes(d, nb, manifest)
     if verify:
         _check_invariants(d, nb)
-    return ServingIndex(d, nb, manifest, sha256_file(mpath))
+    return ServingIndex(d, nb, manifest, sha256_file(mpath), _id_table(nb.item_ids))
+
+
+def _id_table(item_ids: np.ndarray) -> np.ndarray | None:
+    """Direct-address table for sorted ids in [0, 4n + 1024) (the usual 1..n numbering), else None."""
+    n = len(item_ids)
+    if n == 0 or item_ids[0] < 0 or item_ids[-1] >= 4 * n + 1024:
+        return None
+    table = np.full(int(item_ids[-1]) + 1, -1, np.int32)
+    table[item_ids] = np.arange(n, dtype=np.int32)
+    return table
 
 
 def _check_shapes(d: Path, nb: Neighbors, manifest: dict[str, Any]) -> None:

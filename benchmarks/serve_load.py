@@ -51,6 +51,7 @@ async def _closed_loop(spec: dict[str, Any]) -> dict[str, Any]:
     import aiohttp
 
     reqs = spec["requests"]
+    urls = spec["url"] if isinstance(spec["url"], list) else [spec["url"]]
     lat: list[float] = []
     statuses: dict[int, int] = {}
     errors: dict[str, int] = {}
@@ -64,13 +65,14 @@ async def _closed_loop(spec: dict[str, Any]) -> dict[str, Any]:
     async def worker(session: aiohttp.ClientSession, wid: int) -> None:
         nonlocal sent
         i = wid
+        base = urls[wid % len(urls)]  # direct ingress with several replicas: connections spread over them
         while time.perf_counter() < deadline and sent < spec["max_requests"]:
             sent += 1
             r = reqs[i % len(reqs)]
             i += spec["concurrency"]
             t0 = time.perf_counter()
             try:
-                async with session.request(r["method"], spec["url"] + r["path"], data=r.get("body", "").encode("latin-1"),
+                async with session.request(r["method"], base + r["path"], data=r.get("body", "").encode("latin-1"),
                                            headers=r.get("headers")) as resp:
                     payload = await resp.read()
                     lat.append(time.perf_counter() - t0)
@@ -347,12 +349,16 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.update(ray_env(cfg))
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, address="local", log_to_driver=False)
     deploy(cfg)
-    serve.run(_noop_deployment().bind(), name="noop", route_prefix="/noop")
+    serve.run(_noop_deployment().options(num_replicas=args.replicas).bind(), name="noop", route_prefix="/noop")
     url = noop_url = f"http://127.0.0.1:{args.port}"
-    if args.ingress == "direct":  # one replica each: the client talks to the replica itself, no proxy in between
-        url, noop_url = replica_urls(cfg.host)[0], replica_urls(cfg.host, "noop")[0]
+    if args.ingress == "direct":  # the client talks to the replicas themselves, no proxy in between
+        url, noop_url = replica_urls(cfg.host), replica_urls(cfg.host, "noop")
+        while len(noop_url) < args.replicas:
+            time.sleep(0.2)
+            noop_url = replica_urls(cfg.host, "noop")
+    one = url[0] if isinstance(url, list) else url  # control calls (version, admin) go to one replica
     log.info(f"ingress {args.ingress}: index app at {url}, no-op at {noop_url}")
-    v0 = _get(url + "/version")
+    v0 = _get(one + "/version")
     common = {"concurrency": args.concurrency, "max_requests": args.max_requests}
     LoadRun(tmp, "warmup_noop", noop_url, noop[:50], 2.0, **common).result()
     LoadRun(tmp, "warmup", url, sim[:50] + rec[:50], 2.0, **common).result()
@@ -376,21 +382,21 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     events_unix = [("user_config -> B", time.time())]
     deploy(replace(cfg, index_dir=str(b)))
-    v = _wait_version(url, lambda v: v["index_version"] == ix_b.version)
+    v = _wait_version(one, lambda v: v["index_version"] == ix_b.version)
     events.append({"event": "user_config -> index B", "seconds": time.perf_counter() - t0, "serving": v["index_version"]})
     t0 = time.perf_counter()
     events_unix.append(("user_config -> corrupt", time.time()))
     deploy(replace(cfg, index_dir=str(bad)))
-    v = _wait_version(url, lambda v: bool(v["last_swap_error"]))
+    v = _wait_version(one, lambda v: bool(v["last_swap_error"]))
     events.append({"event": "user_config -> corrupt index (refused)", "seconds": time.perf_counter() - t0,
                    "serving": v["index_version"], "error": v["last_swap_error"]})
     corrupt_refused_old_serving = v["index_version"] == ix_b.version
     events_unix.append(("admin -> corrupt", time.time()))
-    status, payload = _post(url + "/admin/swap", {"index_dir": str(bad)}, {"authorization": f"Bearer {TOKEN}"})
+    status, payload = _post(one + "/admin/swap", {"index_dir": str(bad)}, {"authorization": f"Bearer {TOKEN}"})
     events.append({"event": "admin -> corrupt index (refused)", "status": status, "error": payload.get("error")})
     t0 = time.perf_counter()
     events_unix.append(("admin -> A", time.time()))
-    status, payload = _post(url + "/admin/swap", {"index_dir": str(a)}, {"authorization": f"Bearer {TOKEN}"})
+    status, payload = _post(one + "/admin/swap", {"index_dir": str(a)}, {"authorization": f"Bearer {TOKEN}"})
     events.append({"event": "admin -> index A", "status": status, "seconds": time.perf_counter() - t0,
                    "serving": payload.get("current", {}).get("index_version")})
     results["swap"] = swap_run.result()
@@ -408,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     results["hostile"].pop("timeline")
     results["hostile"].pop("latencies_s")
     results["hostile"]["responses_ge_500"] = sum(n for s, n in results["hostile"]["statuses"].items() if int(s) >= 500)
-    v_end = _get(url + "/version")
+    v_end = _get(one + "/version")
     app = serve.status().applications["i2i"].deployments["I2IIndex"]
     results["hostile"]["replica_restarts"] = int(v_end["replica_id"] != v0["replica_id"] or v_end["replica_started_unix"] != v0["replica_started_unix"])
     results["hostile"]["replica_states_after"] = {str(k): v for k, v in app.replica_states.items()}

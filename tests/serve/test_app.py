@@ -19,18 +19,25 @@ pytestmark = pytest.mark.ray
 TOKEN = "t0ken"
 
 
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as mp:
+        yield mp
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def app(tmp_path_factory):
+@pytest.fixture(scope="module", params=["proxy", "direct"])
+def app(request, tmp_path_factory, monkeypatch_module):
+    """Every test runs against Serve's HTTP proxy and against direct ingress (the client talks to the replica)."""
     ray = pytest.importorskip("ray")
     from ray import serve
 
-    from serve_apps.i2i_app import deploy
+    from serve_apps.i2i_app import deploy, ray_env, replica_urls
 
     root = tmp_path_factory.mktemp("serve")
     a = write_index(random_neighbors(10, 300, 20), root / "a", {"backbone": "swing"})
@@ -38,14 +45,18 @@ def app(tmp_path_factory):
     bad = write_index(random_neighbors(12, 300, 20, id_seed=10), root / "bad", {"backbone": "bpr"})
     (bad / "neighbors.npy").write_bytes((bad / "neighbors.npy").read_bytes()[:-8])  # truncated copy
     port = _free_port()
+    cfg = ServeConfig(index_dir=str(a), admin_token=TOKEN, max_body_bytes=4096, port=port, ingress=request.param)
+    for key, value in ray_env(cfg).items():  # the cluster's processes inherit it
+        monkeypatch_module.setenv(key, value)
     ray.init(num_cpus=2, include_dashboard=False, address="local", log_to_driver=False)
-    cfg = ServeConfig(index_dir=str(a), admin_token=TOKEN, max_body_bytes=4096, port=port)
     handle = deploy(cfg)
+    url = replica_urls(cfg.host)[0] if cfg.ingress == "direct" else f"http://127.0.0.1:{port}"
+    assert (url != f"http://127.0.0.1:{port}") == (cfg.ingress == "direct")
 
     def redeploy(index_dir):
         deploy(replace(cfg, index_dir=str(index_dir)))
 
-    yield {"url": f"http://127.0.0.1:{port}", "handle": handle, "dirs": (a, b, bad), "redeploy": redeploy,
+    yield {"url": url, "handle": handle, "dirs": (a, b, bad), "redeploy": redeploy,
            "local": IndexService(ServeConfig(index_dir=str(a), max_recent=100))}
     serve.shutdown()
     ray.shutdown()

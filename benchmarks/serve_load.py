@@ -430,6 +430,7 @@ def main(argv: list[str] | None = None) -> int:
                     "mem_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
                     "python": platform.python_version(), "ray": ray.__version__},
         "params": {k: v for k, v in vars(args).items() if k not in ("client", "out")},
+        "out": str(args.out),
         "index": {**info, "k": ix_a.k, "version_a": ix_a.version, "version_b": ix_b.version},
         "in_process_merge": merge_cost,
         "results": results,
@@ -528,8 +529,9 @@ def _markdown(r: dict[str, Any]) -> str:
         lines.append(f"| {name} | {x['requests']:,} | {x['qps']:.0f} | {x['p50_ms']:.2f} | {x['p95_ms']:.2f} | {x['p99_ms']:.2f} | "
                      f"{x['max_ms']:.1f} | {x['qps'] / res['noop']['qps']:.2f}x | {x['client_cpu_share_of_machine']:.0%} | {bad} |")
     if "rounds_recommend_over_noop" in res:
-        lines += ["", "/recommend QPS over no-op QPS per interleaved round: "
-                  + ", ".join(f"{x:.2f}" for x in res["rounds_recommend_over_noop"]) + "."]
+        per_round = res["rounds_recommend_over_noop"]
+        lines += ["", f"/recommend QPS over no-op QPS per interleaved round (median {float(np.median(per_round)):.2f}): "
+                  + ", ".join(f"{x:.2f}" for x in per_round) + "."]
     h, s = res["hostile"], res["swap"]
     mc = r["in_process_merge"]
     lines += [
@@ -542,7 +544,7 @@ def _markdown(r: dict[str, Any]) -> str:
         "## Hot swap under /recommend load",
         "",
         f"{s['requests']:,} requests, **{s['failed_requests']} failed**; responses per index version: {s['versions']} "
-        f"(A = {r['index']['version_a']}, B = {r['index']['version_b']}). Timeline: `serve_load_swap.png`.",
+        f"(A = {r['index']['version_a']}, B = {r['index']['version_b']}). Timeline: `{Path(r['out']).name}_swap.png`.",
         "",
         "| event | result |",
         "|---|---|",

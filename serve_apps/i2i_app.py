@@ -6,8 +6,12 @@ exclude_seen)`, `handle.version.remote()`; client mistakes raise `RequestError` 
 Hot swap: change `user_config.index_dir` (`serve deploy` / `serve.run` again) or POST /admin/swap; a new index is
 loaded and verified before it replaces the old one, and a refused one leaves the old one serving.
 
-No request batching: one /recommend merge costs ~0.1 ms in-process against ~2 ms of HTTP/proxy overhead per request
-(benchmarks/results/serve_load.md), so batching could only add queueing delay.
+Ingress: Serve's HTTP proxy (default) or direct ingress (`ServeConfig.ingress = "direct"`: each replica serves HTTP on
+its own port, listed by `replica_urls`; the cluster must start with `ray_env(cfg)` in its environment).
+
+No request batching: a /recommend merge (M=100, K=200) costs ~0.2 ms in-process, about as much as the replica's own
+HTTP handling of the request, and both are paid per request whether batched or not
+(benchmarks/results/serve_load*.md), so batching could only add queueing delay.
 """
 
 from __future__ import annotations

@@ -41,7 +41,8 @@ class ServeConfig:
     # proxy: Serve's HTTP proxy on host:port forwards to the replicas (one address, works on any cluster).
     # direct: Ray Serve direct ingress - each replica serves HTTP on its own port (serve_apps.i2i_app.replica_urls),
     # no proxy hop; the cluster must start with RAY_SERVE_THROUGHPUT_OPTIMIZED=1 (`llm-i2i serve` sets it for a
-    # local cluster). Production puts a load balancer (e.g. Serve's HAProxy mode) in front of the replica ports.
+    # local cluster). Production puts a load balancer in front of the replica ports (Serve's own HAProxy mode binds
+    # every interface, so it is not the loopback default here).
     ingress: str = "proxy"
 
     def validate(self) -> None:

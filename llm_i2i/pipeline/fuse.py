@@ -35,7 +35,6 @@ class FuseConfig:
     recall_number: int | None = None  # keep generator ranks < N (None = all that were generated)
     filter_real: bool = False  # drop real training pairs the discriminator scores below real_threshold
     real_threshold: float = 0.5
-    synthetic_weight: float = 1.0  # `weight` column of synthetic rows in the fused table
 
     def validate(self) -> None:
         if not 0.0 <= self.threshold <= 1.0:
@@ -44,8 +43,6 @@ class FuseConfig:
             raise ValueError(f"fuse.real_threshold must be in [0, 1], got {self.real_threshold}")
         if self.recall_number is not None and self.recall_number <= 0:
             raise ValueError(f"fuse.recall_number must be positive or null, got {self.recall_number}")
-        if self.synthetic_weight <= 0:
-            raise ValueError(f"fuse.synthetic_weight must be positive, got {self.synthetic_weight}")
 
 
 @dataclass
@@ -54,8 +51,9 @@ class Fused:
     n_real: np.ndarray  # real items per user (the first n_real[u] items of each sequence)
     report: dict[str, Any]
 
-    def to_table(self, synthetic_weight: float = 1.0) -> pa.Table:
-        """The augmented canonical interaction table (`source` says real or synthetic; timestamp = position)."""
+    def to_table(self) -> pa.Table:
+        """The augmented canonical interaction table (`source` says real or synthetic; timestamp = position).
+        `weight` is 1 for every row: the I2I backbones fit on unweighted sequences."""
         s = self.sequences
         lens = s.lengths
         pos = np.arange(len(s.items)) - np.repeat(s.indptr[:-1], lens)
@@ -66,7 +64,7 @@ class Fused:
                 "item_id": s.item_ids[s.items],
                 "timestamp": pos.astype(np.int64),
                 "source": pa.array(np.where(synthetic, SOURCE_SYNTHETIC, SOURCE_REAL).tolist(), pa.string()),
-                "weight": np.where(synthetic, synthetic_weight, 1.0).astype(np.float32),
+                "weight": np.ones(len(pos), np.float32),
             },
             schema=INTERACTIONS_SCHEMA,
         )

@@ -231,10 +231,10 @@ def fuse_variants(cfg: PipelineConfig) -> dict[str, tuple[FuseConfig, str]]:
     return out
 
 
-def _save_fused(fused: Fused, out: Path, synthetic_weight: float) -> None:
+def _save_fused(fused: Fused, out: Path) -> None:
     out.mkdir(parents=True)
     s = fused.sequences
-    write_parquet(fused.to_table(synthetic_weight), out / "interactions.parquet")
+    write_parquet(fused.to_table(), out / "interactions.parquet")
     for key, arr in (("user_ids", s.user_ids), ("indptr", s.indptr), ("items", s.items),
                      ("item_ids", s.item_ids), ("n_real", fused.n_real)):
         np.save(out / f"{key}.npy", np.ascontiguousarray(arr), allow_pickle=False)
@@ -259,7 +259,7 @@ def fuse_stage(store: ArtifactStore, cfg: PipelineConfig, data: Artifact, scored
         reports = {}
         for name, (fcfg, source) in variants.items():
             fused = fuse(train, tables.get(source), fcfg, real_scores if fcfg.filter_real else None)
-            _save_fused(fused, out / "variants" / _safe(name), fcfg.synthetic_weight)
+            _save_fused(fused, out / "variants" / _safe(name))
             reports[name] = fused.report
             log.info(f"[fuse] {name}: kept {fused.report['synthetic']['kept']} synthetic, "
                      f"{fused.report['real']['kept']} real")

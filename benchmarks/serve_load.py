@@ -51,7 +51,7 @@ async def _closed_loop(spec: dict[str, Any]) -> dict[str, Any]:
     import aiohttp
 
     reqs = spec["requests"]
-    urls = spec["url"] if isinstance(spec["url"], list) else [spec["url"]]
+    urls = spec["urls"]
     lat: list[float] = []
     statuses: dict[int, int] = {}
     errors: dict[str, int] = {}
@@ -122,10 +122,10 @@ def _pool(runs: list[dict[str, Any]]) -> dict[str, Any]:
 class LoadRun:
     """One closed-loop run in a separate process (so client and server do not share an interpreter/GIL)."""
 
-    def __init__(self, tmp: Path, name: str, url: str, requests: list[dict], seconds: float, concurrency: int,
+    def __init__(self, tmp: Path, name: str, urls: list[str], requests: list[dict], seconds: float, concurrency: int,
                  max_requests: int, track_versions: bool = False):
         self.spec, self.out = tmp / f"{name}.spec.json", tmp / f"{name}.out.json"
-        self.spec.write_text(json.dumps({"url": url, "requests": requests, "seconds": seconds, "concurrency": concurrency,
+        self.spec.write_text(json.dumps({"urls": urls, "requests": requests, "seconds": seconds, "concurrency": concurrency,
                                          "max_requests": max_requests, "track_versions": track_versions}))
         self.proc = subprocess.Popen([sys.executable, __file__, "--client", str(self.spec), str(self.out)])
 
@@ -304,11 +304,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hostile", type=int, default=12_000, help="number of hostile requests")
     ap.add_argument("--replicas", type=int, default=1)
     ap.add_argument("--port", type=int, default=8123)
-    ap.add_argument("--throughput-optimized", action="store_true",
-                    help="set RAY_SERVE_THROUGHPUT_OPTIMIZED=1 for the whole cluster (no-op floor included)")
     ap.add_argument("--ingress", choices=("proxy", "direct"), default="proxy",
                     help="proxy: load goes through Serve's HTTP proxy; direct: to the replicas' own ports (Serve direct "
-                         "ingress; implies --throughput-optimized), for the no-op floor and the index app alike")
+                         "ingress, RAY_SERVE_THROUGHPUT_OPTIMIZED=1), for the no-op floor and the index app alike")
     ap.add_argument("--out", default=str(RESULTS / "serve_load"), help="results path without extension")
     ap.add_argument("--client", nargs=2, metavar=("SPEC", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -321,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from llm_i2i.index.service import ServeConfig
     from llm_i2i.progress import log, setup_logging
-    from serve_apps.i2i_app import deploy, ray_env, replica_urls
+    from serve_apps.i2i_app import APP_NAME, deploy, ray_env, wait_replica_urls
 
     setup_logging()
     t_start = time.time()
@@ -344,19 +342,15 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = ServeConfig(index_dir=str(a), port=args.port, replicas=args.replicas, admin_token=TOKEN, max_recent=args.m,
                       ingress=args.ingress)
-    if args.throughput_optimized:  # Ray's documented switch: user code on the replica loop, buffered logs
-        os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
     os.environ.update(ray_env(cfg))
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, address="local", log_to_driver=False)
     deploy(cfg)
     serve.run(_noop_deployment().options(num_replicas=args.replicas).bind(), name="noop", route_prefix="/noop")
-    url = noop_url = f"http://127.0.0.1:{args.port}"
+    url = noop_url = [f"http://127.0.0.1:{args.port}"]
     if args.ingress == "direct":  # the client talks to the replicas themselves, no proxy in between
-        url, noop_url = replica_urls(cfg.host), replica_urls(cfg.host, "noop")
-        while len(noop_url) < args.replicas:
-            time.sleep(0.2)
-            noop_url = replica_urls(cfg.host, "noop")
-    one = url[0] if isinstance(url, list) else url  # control calls (version, admin) go to one replica
+        url = wait_replica_urls(cfg.host, APP_NAME, args.replicas, 60)
+        noop_url = wait_replica_urls(cfg.host, "noop", args.replicas, 60)
+    one = url[0]  # control calls (version, admin) go to one replica
     log.info(f"ingress {args.ingress}: index app at {url}, no-op at {noop_url}")
     v0 = _get(one + "/version")
     common = {"concurrency": args.concurrency, "max_requests": args.max_requests}
@@ -415,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     results["hostile"].pop("latencies_s")
     results["hostile"]["responses_ge_500"] = sum(n for s, n in results["hostile"]["statuses"].items() if int(s) >= 500)
     v_end = _get(one + "/version")
-    app = serve.status().applications["i2i"].deployments["I2IIndex"]
+    app = serve.status().applications[APP_NAME].deployments["I2IIndex"]
     results["hostile"]["replica_restarts"] = int(v_end["replica_id"] != v0["replica_id"] or v_end["replica_started_unix"] != v0["replica_started_unix"])
     results["hostile"]["replica_states_after"] = {str(k): v for k, v in app.replica_states.items()}
     log.info(f"hostile: {results['hostile']['requests']} requests, statuses {results['hostile']['statuses']}, "
@@ -500,8 +494,7 @@ def _ingress_line(r: dict[str, Any]) -> str:
     if r["params"].get("ingress", "proxy") == "direct":
         return ("Ingress: **direct** (Serve direct ingress, RAY_SERVE_THROUGHPUT_OPTIMIZED=1): the client connects to "
                 "each app's replica port (Serve's target groups), no proxy hop, for the no-op floor and the index alike.")
-    return ("Ingress: **proxy** (Serve's HTTP proxy forwards every request to the replica"
-            + (", RAY_SERVE_THROUGHPUT_OPTIMIZED=1" if r["params"].get("throughput_optimized") else "") + ").")
+    return "Ingress: **proxy** (Serve's HTTP proxy forwards every request to the replica)."
 
 
 def _markdown(r: dict[str, Any]) -> str:

@@ -197,10 +197,19 @@ def deploy(cfg: ServeConfig, timeout_s: float = 120.0) -> serve.handle.Deploymen
             raise TimeoutError(f"Serve app {APP_NAME} not running after {timeout_s}s")
         time.sleep(0.2)
     if cfg.ingress == "direct":
-        while not replica_urls(cfg.host):  # the controller publishes replica ports a moment after RUNNING
-            if time.monotonic() > deadline:
-                raise RuntimeError("ingress=direct, but Serve lists no replica HTTP ports: start the Ray cluster with "
-                                   + " ".join(f"{k}={v}" for k, v in DIRECT_INGRESS_ENV.items())
-                                   + " in its environment (`llm-i2i serve` does this for --address local)")
-            time.sleep(0.2)
+        wait_replica_urls(cfg.host, APP_NAME, cfg.replicas, deadline - time.monotonic())
     return serve.get_app_handle(APP_NAME)
+
+
+def wait_replica_urls(host: str, app: str, count: int, timeout_s: float) -> list[str]:
+    """`replica_urls` once `count` replicas are listed (the controller publishes their ports a moment after the app
+    runs); raises, naming the missing environment, when they never appear."""
+    deadline = time.monotonic() + timeout_s
+    while len(urls := replica_urls(host, app)) < count:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"ingress=direct, but Serve lists {len(urls)} of {count} replica HTTP ports for {app!r}: "
+                               "start the Ray cluster with "
+                               + " ".join(f"{k}={v}" for k, v in DIRECT_INGRESS_ENV.items())
+                               + " in its environment (`llm-i2i serve` does this for --address local)")
+        time.sleep(0.2)
+    return urls

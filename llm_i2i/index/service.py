@@ -166,9 +166,8 @@ class IndexService:
             raise RequestError(404, f"{len(unknown)} unknown item id(s) in recent_items: {shown}")
         recent = dense[known]
         idx, sc = state.merger.recommend(recent, kk, self.cfg.max_recent, exclude=recent if exclude_seen else None)
-        triggers = len(set(recent_items)) if not len(unknown) else len(np.unique(recent))
         out = {"items": state.index.neighbors.item_ids[idx].tolist(), "scores": sc.tolist(),
-               "triggers": triggers, "index_version": state.index.version}
+               "triggers": len(set(recent.tolist())), "index_version": state.index.version}
         if len(unknown):
             out["skipped_unknown"] = unknown.tolist()
         return out

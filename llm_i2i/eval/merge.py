@@ -18,58 +18,88 @@ from llm_i2i.i2i.base import Neighbors
 MERGE_MODES = ("sum", "max", "recency")
 
 
+@numba.njit(inline="always")
+def _ranks_before(s1, i1, s2, i2):
+    """(score s1, item i1) ranks before (s2, i2): higher score first, then lower item index."""
+    return s1 > s2 or (s1 == s2 and i1 < i2)
+
+
 @numba.njit(cache=True, nogil=True)
-def _merge_one(indptr, nbrs, scores, triggers, trig_w, use_max, k, exclude, acc, stamp, banned, tick, touched, out_idx,
-               out_sc):
+def _sift_down(hs, hi, n, pos):
+    """Restore the heap below `pos`; the root of hs/hi[:n] is the candidate that ranks last."""
+    s, i = hs[pos], hi[pos]
+    while True:
+        c = 2 * pos + 1
+        if c >= n:
+            break
+        if c + 1 < n and _ranks_before(hs[c], hi[c], hs[c + 1], hi[c + 1]):
+            c += 1
+        if not _ranks_before(s, i, hs[c], hi[c]):
+            break
+        hs[pos], hi[pos] = hs[c], hi[c]
+        pos = c
+    hs[pos], hi[pos] = s, i
+
+
+@numba.njit(cache=True, nogil=True)
+def _merge_one(indptr, nbrs, scores, triggers, trig_w, use_max, k, exclude, acc, tick, touched, out_idx, out_sc):
     """Merge the neighbour lists of `triggers` into out_idx/out_sc (length k); returns count written.
-    `stamp`/`banned` == `tick` mark touched/excluded items, so the n_items-sized scratch is never cleared and an
-    excluded item costs one lookup (a binary search per neighbour was 2/3 of a serving merge)."""
-    for e in range(exclude.shape[0]):
-        banned[exclude[e]] = tick
+
+    `acc` is n_items x 2 scratch, never cleared in full: column 0 is the merged score, 0 (sum) or -inf (max) between
+    calls (each call restores what it touched); column 1 == `tick` marks items touched in this call. Score and mark
+    share a cache line, which is what a serving merge waits on. Excluded items are touched first with a score no
+    finite merge can move (-inf for sum, +inf for max) and skipped at selection, so the accumulation loop has no
+    data-dependent branch (an unpredictable first-touch branch cost as much as the rest of the loop). Selection keeps
+    the best k in a heap rather than partitioning and sorting every candidate."""
+    banned = np.inf if use_max else -np.inf
+    rest = -np.inf if use_max else 0.0
     n_t = 0
+    for e in range(exclude.shape[0]):
+        j = exclude[e]
+        touched[n_t] = j  # `touched` has n_items + 1 slots: the write past the last unique item is harmless
+        n_t += acc[j, 1] != tick
+        acc[j, 1] = tick
+        acc[j, 0] = banned
     for t in range(triggers.shape[0]):
         i = triggers[t]
         w = trig_w[t]
         for p in range(indptr[i], indptr[i + 1]):
             j = nbrs[p]
-            if banned[j] == tick:
-                continue
-            s = w * scores[p]
-            if stamp[j] != tick:
-                stamp[j] = tick
-                acc[j] = s
-                touched[n_t] = j
-                n_t += 1
-            elif use_max:
-                if s > acc[j]:
-                    acc[j] = s
+            touched[n_t] = j
+            n_t += acc[j, 1] != tick
+            acc[j, 1] = tick
+            if use_max:  # loop-invariant: hoisted by the compiler
+                acc[j, 0] = max(acc[j, 0], w * scores[p])
             else:
-                acc[j] += s
-    if n_t == 0:
-        return 0
-    cand = touched[:n_t]
-    vals = np.empty(n_t, np.float64)
+                acc[j, 0] += w * scores[p]
+    hs = np.empty(k, np.float64)
+    hi = np.empty(k, np.int32)
+    n = 0
     for t in range(n_t):
-        vals[t] = -acc[cand[t]]  # negated: np.partition selects the smallest
-    if n_t > k:  # keep only candidates at or above the k-th best score before sorting
-        thr = np.partition(vals, k - 1)[k - 1]
-        n_keep = 0
-        for t in range(n_t):
-            if vals[t] <= thr:
-                cand[n_keep] = cand[t]  # compacts `touched` in place: it is scratch
-                vals[n_keep] = vals[t]
-                n_keep += 1
-        cand = cand[:n_keep]
-        vals = vals[:n_keep]
-    vals = -vals
-    order0 = np.argsort(cand)
-    cand = cand[order0]
-    vals = vals[order0]
-    order = np.argsort(-vals, kind="mergesort")
-    m = min(k, cand.shape[0])
-    for t in range(m):
-        out_idx[t] = cand[order[t]]
-        out_sc[t] = vals[order[t]]
+        j = touched[t]
+        s = acc[j, 0]
+        acc[j, 0] = rest
+        if s == banned:
+            continue
+        if n < k:  # sift up
+            pos = n
+            n += 1
+            while pos > 0:
+                up = (pos - 1) // 2
+                if not _ranks_before(hs[up], hi[up], s, j):
+                    break
+                hs[pos], hi[pos] = hs[up], hi[up]
+                pos = up
+            hs[pos], hi[pos] = s, j
+        elif _ranks_before(s, j, hs[0], hi[0]):
+            hs[0], hi[0] = s, j
+            _sift_down(hs, hi, k, 0)
+    m = n
+    while n > 0:  # pop the last-ranked first into the tail of the output
+        n -= 1
+        out_idx[n], out_sc[n] = hi[0], hs[0]
+        hs[0], hi[0] = hs[n], hi[n]
+        _sift_down(hs, hi, n, 0)
     return m
 
 
@@ -90,30 +120,34 @@ def _recent_triggers(hist, num_triggers, seen, tick):
 
 
 @numba.njit(cache=True, nogil=True)
-def _recommend_one(indptr, nbrs, scores, hist, num_triggers, use_max, decay, k, exclude, acc, stamp, seen, banned, tick,
-                   touched, out_idx, out_sc):
-    """One user's merge in a single compiled call (serving: a request pays one dispatch, no NumPy temporaries)."""
+def _recommend_one(indptr, nbrs, scores, hist, num_triggers, use_max, decay, k, exclude, acc, seen, tick, touched,
+                   out_idx, out_sc):
+    """One user's merge in a single compiled call (serving: a request pays one dispatch, no NumPy temporaries).
+    Returns (items written, triggers used)."""
     trig = _recent_triggers(hist, num_triggers, seen, tick)
     w = np.empty(trig.shape[0], np.float64)
     for a in range(trig.shape[0]):
-        w[a] = decay**a
-    return _merge_one(indptr, nbrs, scores, trig, w, use_max, k, exclude, acc, stamp, banned, tick, touched, out_idx,
-                      out_sc)
+        w[a] = decay ** float(a)  # C pow, as Python computes decay**age (an int exponent multiplies, last bit differs)
+    m = _merge_one(indptr, nbrs, scores, trig, w, use_max, k, exclude, acc, tick, touched, out_idx, out_sc)
+    return m, trig.shape[0]
 
 
 @numba.njit(cache=True, nogil=True)
-def _recommend_batch(indptr, nbrs, scores, h_indptr, h_items, num_triggers, use_max, decay, mask, k, out_idx, out_sc):
-    n_items = indptr.shape[0] - 1
-    acc = np.zeros(n_items, np.float64)
-    stamp = np.full(n_items, -1, np.int64)
-    seen = np.full(n_items, -1, np.int64)
-    banned = np.full(n_items, -1, np.int64)
-    touched = np.empty(n_items, np.int32)
+def _recommend_batch(indptr, nbrs, scores, h_indptr, h_items, num_triggers, use_max, decay, mask, k, acc, seen, touched,
+                     out_idx, out_sc):
     empty = np.empty(0, np.int32)
     for u in range(h_indptr.shape[0] - 1):
         hist = h_items[h_indptr[u] : h_indptr[u + 1]]
-        _recommend_one(indptr, nbrs, scores, hist, num_triggers, use_max, decay, k, hist if mask else empty, acc, stamp,
-                       seen, banned, u, touched, out_idx[u], out_sc[u])
+        _recommend_one(indptr, nbrs, scores, hist, num_triggers, use_max, decay, k, hist if mask else empty, acc, seen, u,
+                       touched, out_idx[u], out_sc[u])
+
+
+def _scratch(n_items: int, use_max: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(acc, seen, touched) for `_recommend_one`, in the state it expects between calls."""
+    acc = np.empty((n_items, 2))
+    acc[:, 0] = -np.inf if use_max else 0.0
+    acc[:, 1] = -1
+    return acc, np.full(n_items, -1, np.int64), np.empty(n_items + 1, np.int32)
 
 
 def _mode(how: str, decay: float) -> tuple[bool, float]:
@@ -141,7 +175,8 @@ def recommend_batch(
     out_sc = np.full((n, k), -np.inf)
     _recommend_batch(
         neighbors.indptr, neighbors.neighbors, neighbors.scores, np.asarray(indptr, np.int64),
-        np.asarray(items, np.int32), int(num_triggers), use_max, float(dec), bool(mask_history), int(k), out_idx, out_sc,
+        np.asarray(items, np.int32), int(num_triggers), use_max, float(dec), bool(mask_history), int(k),
+        *_scratch(neighbors.n_items, use_max), out_idx, out_sc,
     )
     return out_idx, out_sc
 
@@ -152,20 +187,16 @@ class FanoutMerger:
     def __init__(self, neighbors: Neighbors, how: str = "sum", decay: float = 0.8):
         self.neighbors = neighbors
         self.use_max, self.decay = _mode(how, decay)
-        n = neighbors.n_items
-        self._acc = np.zeros(n, np.float64)
-        self._stamp = np.full(n, -1, np.int64)
-        self._seen = np.full(n, -1, np.int64)
-        self._banned = np.full(n, -1, np.int64)
-        self._touched = np.empty(n, np.int32)
+        self._scratch = _scratch(neighbors.n_items, self.use_max)
         self._no_exclusion = np.empty(0, np.int32)
         self._tick = 0
         self._lock = threading.Lock()
 
     def recommend(
         self, recent: np.ndarray, k: int, num_triggers: int, exclude: np.ndarray | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """`recent`: dense item indices, oldest first. Returns (idx, scores), best first."""
+    ) -> tuple[np.ndarray, np.ndarray, int]:
+        """`recent`: dense item indices, oldest first. Returns (idx, scores) best first, and the number of
+        distinct recent items used as triggers."""
         nb = self.neighbors
         out_idx = np.empty(k, np.int32)
         out_sc = np.empty(k, np.float64)
@@ -173,8 +204,7 @@ class FanoutMerger:
         excl = self._no_exclusion if exclude is None else np.asarray(exclude, np.int32)
         with self._lock:
             self._tick += 1
-            m = _recommend_one(
-                nb.indptr, nb.neighbors, nb.scores, recent, int(num_triggers), self.use_max, self.decay, int(k), excl,
-                self._acc, self._stamp, self._seen, self._banned, self._tick, self._touched, out_idx, out_sc,
-            )
-        return out_idx[:m], out_sc[:m]
+            acc, seen, touched = self._scratch
+            m, n_trig = _recommend_one(nb.indptr, nb.neighbors, nb.scores, recent, int(num_triggers), self.use_max,
+                                       self.decay, int(k), excl, acc, seen, self._tick, touched, out_idx, out_sc)
+        return out_idx[:m], out_sc[:m], n_trig

@@ -14,7 +14,7 @@ def random_neighbors(rng, n_items, k):
     for i in range(n_items):
         m = int(rng.integers(0, k + 1))
         nb = rng.choice(np.setdiff1d(np.arange(n_items), [i]), size=min(m, n_items - 1), replace=False)
-        sc = np.round(rng.random(len(nb)), 2)  # rounding makes ties common
+        sc = np.round(rng.random(len(nb)) * 2 - 1, 1)  # rounding makes ties common; negative and zero scores too
         order = np.lexsort((nb, -sc))
         rows.append((nb[order], sc[order]))
     return Neighbors.from_rows(rows, np.arange(n_items) * 10)
@@ -33,7 +33,7 @@ def reference(nb, hist, m, k, how, decay, mask):
         for j, s in zip(*nb.row(i)):
             if mask and j in set(hist.tolist()):
                 continue
-            v = w * s
+            v = w * float(s)  # float64 like the kernel (a float32 scalar would keep w * s in float32)
             acc[int(j)] = max(acc[int(j)], v) if (how == "max" and j in acc) else acc.get(int(j), 0.0) + v
     ranked = sorted(acc.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
     return [j for j, _ in ranked], [s for _, s in ranked]
@@ -54,8 +54,10 @@ def test_batch_and_single_match_reference(seed, how, mask, m, k):
         got = idx[u][idx[u] >= 0].tolist()
         assert got == want_ids
         np.testing.assert_allclose(sc[u][: len(got)], want_sc, rtol=1e-12)
-        one_ids, one_sc = merger.recommend(h, k=k, num_triggers=m, exclude=h if mask else None)
+        one_ids, one_sc, triggers = merger.recommend(h, k=k, num_triggers=m, exclude=h if mask else None)
         assert one_ids.tolist() == want_ids
+        np.testing.assert_allclose(one_sc, want_sc, rtol=1e-12)
+        assert triggers == min(m, len(set(h.tolist())))
 
 
 def test_unknown_merge_mode_is_refused():

@@ -64,7 +64,8 @@ def run_dataset(name: str, data_root: Path, overrides: list[str], runs: list[str
     }
     for run in runs:
         if run == "references":
-            res["auc_references"] = reference_aucs(canon, out / "generator_a4")
+            res["auc_references"] = reference_aucs(canon, out / "generator_a4",
+                                                   out / "discriminator" if (out / "discriminator").exists() else None)
             save()
             log.info(f"{name}/references: {res['auc_references']}")
             continue
@@ -92,21 +93,35 @@ def run_dataset(name: str, data_root: Path, overrides: list[str], runs: list[str
     return res
 
 
-def reference_aucs(canon: Path, generator: Path) -> dict:
+def reference_aucs(canon: Path, generator: Path, discriminator: Path | None = None) -> dict:
     """What the discriminator's ROC-AUC is measured against, on the same pairs (`auc_pairs`, validation split):
-    the candidate's training popularity, and the alpha=4 generator's next-item logit for the candidate."""
+    the candidate's training popularity, Swing's fan-out merge score of the candidate from the same <= 10 history
+    items (K=200, summed, 0 when no history item lists it), the alpha=4 generator's next-item logit for the
+    candidate, and, given `discriminator`, that checkpoint's P(Yes)."""
     import numpy as np
     import torch
 
-    from llm_i2i.llm.scoring import next_item_scores
+    from llm_i2i.i2i.swing import Swing
+    from llm_i2i.llm.scoring import next_item_scores, yes_probability
     from llm_i2i.llm.sft import _swing_neighbors, auc_pairs, roc_auc
     from llm_i2i.llm.tokenizer import item_vocabulary
 
     split = leave_one_out(load_dataset(canon).sequences())
     counts = split.train.item_counts().astype(np.float64)
     dense = {int(e): d for d, e in enumerate(split.train.item_ids)}
+    swing = Swing().fit(split.train)
     model, tok, _ = load_checkpoint(generator)
     col = {int(e): c for c, e in enumerate(item_vocabulary(tok)[0])}
+    disc = load_checkpoint(discriminator)[:2] if discriminator else None
+
+    def merge_score(hist: list[int], cand: int) -> float:
+        c = dense[cand]
+        total = 0.0
+        for h in hist:
+            ids, sc = swing.row(dense[h])
+            total += float(sc[ids == c].sum())
+        return total
+
     out = {}
     for neg in ("random", "hard"):
         hard = _swing_neighbors(split.train) if neg == "hard" else None
@@ -118,7 +133,11 @@ def reference_aucs(canon: Path, generator: Path) -> dict:
                 sc = next_item_scores(model, tok, hist[s:s + 1024:2], max_history=10).float().numpy()
             rows = np.repeat(np.arange(sc.shape[0]), 2)
             logits[s:s + 2 * sc.shape[0]] = sc[rows, [col[c] for c in cand[s:s + 2 * sc.shape[0]]]]
-        out[neg] = {"popularity": roc_auc(labels, pop), "generator_logit": roc_auc(labels, logits)}
+        out[neg] = {"popularity": roc_auc(labels, pop),
+                    "swing_merge": roc_auc(labels, np.array([merge_score(h, c) for h, c in zip(hist, cand)])),
+                    "generator_logit": roc_auc(labels, logits)}
+        if disc:
+            out[neg]["discriminator"] = roc_auc(labels, yes_probability(*disc, hist, cand, max_history=10))
     return out
 
 
@@ -152,11 +171,13 @@ def to_markdown(all_res: list[dict], command: str, seconds: float) -> str:
                           f"Swing-hard negatives **{e['valid_auc_hard']:.4f}**."]
         if "auc_references" in r:
             ref = r["auc_references"]
-            lines += ["", "Reference scorers on the same validation pairs (ROC-AUC, random / Swing-hard negatives): "
-                      f"candidate popularity {ref['random']['popularity']:.4f} / {ref['hard']['popularity']:.4f}, "
-                      f"alpha=4 generator's logit {ref['random']['generator_logit']:.4f} / "
-                      f"{ref['hard']['generator_logit']:.4f}."]
-        lines += ["", "| run | epochs (best) | train s | tokens/s | checkpoint |", "|---|---|---|---|---|"]
+            names = {"popularity": "candidate popularity", "swing_merge": "Swing merge score (K=200, last <= 10 items)",
+                     "generator_logit": "alpha=4 generator's logit", "discriminator": "discriminator P(Yes)"}
+            lines += ["", "Reference scorers on the same validation pairs (ROC-AUC):", "",
+                      "| scorer | random negatives | Swing-hard negatives |", "|---|---|---|"]
+            lines += [f"| {names[k]} | {ref['random'][k]:.4f} | {ref['hard'][k]:.4f} |" for k in ref["random"]]
+        if r["runs"]:
+            lines += ["", "| run | epochs (best) | train s | tokens/s | checkpoint |", "|---|---|---|---|---|"]
         for run, e in r["runs"].items():
             tr = e["training"]
             lines.append(f"| {run} | {len(tr['history'])} ({tr['best_epoch']}) | {tr['train_seconds']:.0f} | "

@@ -1,7 +1,7 @@
 """Closed-loop load test of the I2I Serve app, from a SEPARATE client process on loopback.
 
-In one run, against one Serve instance: a no-op deployment (the floor: same proxy, same request body, no work),
-GET /similar, POST /recommend (M recent items, index K), then a hot swap (user_config reconfigure to a second
+In one run, against one Serve instance: a no-op deployment (the floor: same proxy, same request body, no work; with
+--replicas N > 1 also a 1-replica no-op, and the QPS target is judged against the better of the two), GET /similar, POST /recommend (M recent items, index K), then a hot swap (user_config reconfigure to a second
 index, a refused corrupt index, an admin-API swap back) in the middle of a /recommend load run with failed requests
 counted, then >= 10,000 generated hostile requests counting responses >= 500 and replica restarts. Also times the
 merge in-process (no HTTP) to show what request batching could save. Every phase is bounded in count and time.
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import platform
 import random
@@ -302,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--concurrency", type=int, default=2, help="closed-loop client connections")
     ap.add_argument("--max-requests", type=int, default=200_000, help="cap per load phase")
     ap.add_argument("--hostile", type=int, default=12_000, help="number of hostile requests")
-    ap.add_argument("--replicas", type=int, default=1)
+    ap.add_argument("--replicas", type=int, default=1, help="replicas of the index app and of the no-op floor")
     ap.add_argument("--port", type=int, default=8123)
     ap.add_argument("--ingress", choices=("proxy", "direct"), default="proxy",
                     help="proxy: load goes through Serve's HTTP proxy; direct: to the replicas' own ports (Serve direct "
@@ -343,31 +344,46 @@ def main(argv: list[str] | None = None) -> int:
     cfg = ServeConfig(index_dir=str(a), port=args.port, replicas=args.replicas, admin_token=TOKEN, max_recent=args.m,
                       ingress=args.ingress)
     os.environ.update(ray_env(cfg))
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, address="local", log_to_driver=False)
+    # Logical CPUs are scheduling tokens (Ray pins nothing): enough for every replica's share (index app, no-op,
+    # 1-replica no-op) on a 2-core machine, or the last app never gets scheduled.
+    replicas_total = 2 * args.replicas + (args.replicas > 1)
+    ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(cfg.replica_cpus * replicas_total)), include_dashboard=False,
+             address="local", log_to_driver=False)
     deploy(cfg)
     serve.run(_noop_deployment().options(num_replicas=args.replicas).bind(), name="noop", route_prefix="/noop")
-    url = noop_url = [f"http://127.0.0.1:{args.port}"]
+    # With several replicas the floor is also measured with ONE no-op replica: on a small machine one replica can
+    # sustain more than several that share its cores, and the target is judged against the higher floor.
+    floors = {"noop": noop} if args.replicas == 1 else {"noop": noop, "noop_1replica": [{**r, "path": "/noop1"} for r in noop]}
+    if args.replicas > 1:
+        serve.run(_noop_deployment().options(num_replicas=1).bind(), name="noop1", route_prefix="/noop1")
+    url = [f"http://127.0.0.1:{args.port}"]
+    floor_urls = {name: url for name in floors}
     if args.ingress == "direct":  # the client talks to the replicas themselves, no proxy in between
         url = wait_replica_urls(cfg.host, APP_NAME, args.replicas, 60)
-        noop_url = wait_replica_urls(cfg.host, "noop", args.replicas, 60)
+        floor_urls = {"noop": wait_replica_urls(cfg.host, "noop", args.replicas, 60)}
+        if args.replicas > 1:
+            floor_urls["noop_1replica"] = wait_replica_urls(cfg.host, "noop1", 1, 60)
     one = url[0]  # control calls (version, admin) go to one replica
-    log.info(f"ingress {args.ingress}: index app at {url}, no-op at {noop_url}")
+    log.info(f"ingress {args.ingress}: index app at {url}, no-op at {floor_urls}")
     v0 = _get(one + "/version")
     common = {"concurrency": args.concurrency, "max_requests": args.max_requests}
-    LoadRun(tmp, "warmup_noop", noop_url, noop[:50], 2.0, **common).result()
+    for name, reqs in floors.items():
+        LoadRun(tmp, f"warmup_{name}", floor_urls[name], reqs[:50], 2.0, **common).result()
     LoadRun(tmp, "warmup", url, sim[:50] + rec[:50], 2.0, **common).result()
     # The machine's speed drifts (a shared VM: the same phase varied up to 2x between runs), so the phases run in
     # interleaved slices and each phase pools its slices: drift hits the floor and the index app alike.
-    slices: dict[str, list[dict[str, Any]]] = {"noop": [], "similar": [], "recommend": []}
+    phases = {**floors, "similar": sim, "recommend": rec}
+    slices: dict[str, list[dict[str, Any]]] = {name: [] for name in phases}
     for r in range(args.rounds):
-        for name, reqs in (("noop", noop), ("similar", sim), ("recommend", rec)):
-            x = LoadRun(tmp, f"{name}{r}", noop_url if name == "noop" else url, reqs, args.seconds / args.rounds,
+        for name, reqs in phases.items():
+            x = LoadRun(tmp, f"{name}{r}", floor_urls.get(name, url), reqs, args.seconds / args.rounds,
                         **common).result()
             slices[name].append(x)
             log.info(f"round {r + 1}/{args.rounds} {name}: {x['qps']:.0f} QPS p50 {x['p50_ms']:.2f} ms p99 {x['p99_ms']:.2f} ms "
                      f"statuses {x['statuses']} errors {x['errors']}")
     results: dict[str, Any] = {name: _pool(xs) for name, xs in slices.items()}
     results["rounds_recommend_over_noop"] = [r["qps"] / n["qps"] for r, n in zip(slices["recommend"], slices["noop"])]
+    floor = max(floors, key=lambda name: results[name]["qps"])  # what the no-op sustains: its better configuration
 
     # hot swap under load: A -> B (user_config) -> corrupt (refused) -> A (admin API), all while /recommend runs
     swap_run = LoadRun(tmp, "swap", url, rec, 2 * args.seconds, track_versions=True, **common)
@@ -428,11 +444,13 @@ def main(argv: list[str] | None = None) -> int:
         "index": {**info, "k": ix_a.k, "version_a": ix_a.version, "version_b": ix_b.version},
         "in_process_merge": merge_cost,
         "results": results,
+        "floor": floor,
         "ratios": {"recommend_qps_over_noop": results["recommend"]["qps"] / results["noop"]["qps"],
-                   "similar_qps_over_noop": results["similar"]["qps"] / results["noop"]["qps"]},
+                   "similar_qps_over_noop": results["similar"]["qps"] / results["noop"]["qps"],
+                   "recommend_qps_over_floor": results["recommend"]["qps"] / results[floor]["qps"]},
         "targets": {
             "recommend_p99_le_20ms": results["recommend"]["p99_ms"] <= 20.0,
-            "recommend_qps_ge_0.7x_noop": results["recommend"]["qps"] >= 0.7 * results["noop"]["qps"],
+            "recommend_qps_ge_0.7x_noop": results["recommend"]["qps"] >= 0.7 * results[floor]["qps"],
             "swap_zero_failed": results["swap"]["failed_requests"] == 0,
             "corrupt_refused_old_serving": corrupt_refused_old_serving,
             "hostile_ge_10000": results["hostile"]["requests"] >= 10_000,
@@ -516,7 +534,9 @@ def _markdown(r: dict[str, Any]) -> str:
         "| phase | requests | QPS | p50 ms | p95 ms | p99 ms | max ms | vs no-op QPS | client CPU (share of machine) | non-200 |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for name in ("noop", "similar", "recommend", "swap"):
+    for name in ("noop", "noop_1replica", "similar", "recommend", "swap"):
+        if name not in res:
+            continue
         x = res[name]
         bad = sum(n for s, n in x["statuses"].items() if s != "200") + sum(x["errors"].values())
         lines.append(f"| {name} | {x['requests']:,} | {x['qps']:.0f} | {x['p50_ms']:.2f} | {x['p95_ms']:.2f} | {x['p99_ms']:.2f} | "
@@ -559,8 +579,11 @@ def _markdown(r: dict[str, Any]) -> str:
         *[f"- {k}: {'PASS' if v else 'FAIL'}" for k, v in r["targets"].items()],
         "",
         f"Ratios: /recommend QPS = {r['ratios']['recommend_qps_over_noop']:.2f}x no-op, /similar = "
-        f"{r['ratios']['similar_qps_over_noop']:.2f}x no-op. Ray's documented no-op anchor is 3-4k QPS on 8 cores; this "
-        "machine has 2 cores shared with the load generator.",
+        f"{r['ratios']['similar_qps_over_noop']:.2f}x no-op"
+        + (f"; /recommend = {r['ratios']['recommend_qps_over_floor']:.2f}x the better no-op configuration "
+           f"(`{r['floor']}`), which the 0.7x target is judged against" if "noop_1replica" in res else "")
+        + ". Ray's documented no-op anchor is 3-4k QPS on 8 cores; this machine has 2 cores shared with the load "
+        "generator.",
         "",
     ]
     return "\n".join(lines)

@@ -1,0 +1,110 @@
+"""The serving fan-out merge (`llm_i2i.eval.merge.FanoutMerger`) against a vectorised NumPy reference, same requests.
+
+Index: Swing (K=200) on Beauty, the index `serve_load.py` serves. Requests: the same M=100 recent-item lists drawn by
+popularity as `serve_load.py` sends. For each k, both implementations run over all requests in alternating passes
+(kernel pass, reference pass, ...) so this shared VM's speed drift hits both; outputs are checked equal first.
+
+  flock /tmp/llm_i2i_heavy.lock .venv/bin/python benchmarks/merge_kernel.py
+
+Writes benchmarks/results/merge_kernel.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.serve_load import _cpu_model, recommend_requests  # noqa: E402
+from llm_i2i.data import load_dataset  # noqa: E402
+from llm_i2i.eval.merge import FanoutMerger  # noqa: E402
+from llm_i2i.i2i import make_backbone  # noqa: E402
+from llm_i2i.io import write_json, write_text  # noqa: E402
+from llm_i2i.progress import log, setup_logging  # noqa: E402
+
+
+def numpy_merge(nb, recent: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sum merge, recent items excluded, ties by item index: one bincount over the concatenated neighbour rows."""
+    trig = np.unique(recent)
+    rows = [np.arange(nb.indptr[i], nb.indptr[i + 1]) for i in trig]
+    pos = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+    cand = nb.neighbors[pos]
+    acc = np.bincount(cand, weights=nb.scores[pos].astype(np.float64), minlength=nb.n_items)
+    touched = np.zeros(nb.n_items, bool)
+    touched[cand] = True
+    touched[recent] = False
+    idx = np.flatnonzero(touched)
+    order = np.lexsort((idx, -acc[idx]))[:k]
+    return idx[order].astype(np.int32), acc[idx[order]]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "Beauty"))
+    ap.add_argument("--m", type=int, default=100)
+    ap.add_argument("--ks", type=int, nargs="+", default=[10, 200])
+    ap.add_argument("--requests", type=int, default=200)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "merge_kernel"))
+    args = ap.parse_args()
+    setup_logging()
+    ds = load_dataset(args.data)
+    seqs = ds.sequences()
+    nb = make_backbone("swing", overrides={"k": 200}).fit(seqs)
+    reqs = recommend_requests(np.random.default_rng(0), nb.item_ids, seqs.item_counts().astype(np.float64), args.m,
+                              200, args.requests)
+    dense = {int(e): d for d, e in enumerate(nb.item_ids)}
+    recents = [np.array([dense[i] for i in json.loads(r["body"])["recent_items"]], np.int32) for r in reqs]
+    visits = np.diff(nb.indptr)
+    merger = FanoutMerger(nb)
+    results = {}
+    for k in args.ks:
+        for r in recents:  # same items, same scores, same order (also warms both paths)
+            got_i, got_s, _ = merger.recommend(r, k, args.m, exclude=r)
+            want_i, want_s = numpy_merge(nb, r, k)
+            if not (np.array_equal(got_i, want_i) and np.allclose(got_s, want_s, rtol=1e-12)):
+                raise AssertionError(f"kernel and NumPy reference disagree at k={k}")
+        times = {"kernel": [], "numpy": []}
+        runs = {"kernel": lambda r: merger.recommend(r, k, args.m, exclude=r), "numpy": lambda r: numpy_merge(nb, r, k)}
+        for _ in range(args.repeats):  # whole passes alternate: per call, one's allocations would evict the other's cache
+            for name, run in runs.items():
+                for r in recents:
+                    t0 = time.perf_counter()
+                    run(r)
+                    times[name].append(time.perf_counter() - t0)
+        res = {name: {"p50_us": float(np.percentile(t, 50) * 1e6), "p99_us": float(np.percentile(t, 99) * 1e6)}
+               for name, t in times.items()}
+        res["numpy_over_kernel_p50"] = res["numpy"]["p50_us"] / res["kernel"]["p50_us"]
+        results[f"k={k}"] = res
+        log.info(f"k={k}: {res}")
+    report = {"command": " ".join(["python", *sys.argv]), "machine": f"{_cpu_model()}, {platform.platform()}",
+              "index": {"dataset": ds.name, "items": nb.n_items, "K": 200, "rows": int(nb.indptr[-1])},
+              "m": args.m, "neighbour_visits_per_request": float(np.mean([visits[r].sum() for r in recents])),
+              "results": results}
+    out = Path(args.out)
+    write_json(report, out.with_suffix(".json"))
+    lines = ["# Fan-out merge kernel vs NumPy reference", "",
+             f"Command: `{report['command']}` (under `flock /tmp/llm_i2i_heavy.lock`). Machine: {report['machine']}, 2 cores, shared.",
+             f"Index: Swing on {ds.name} ({nb.n_items:,} items, K=200). {args.requests} requests of M={args.m} recent items "
+             f"(drawn by popularity, as `serve_load.py` sends), {report['neighbour_visits_per_request']:,.0f} neighbour "
+             f"visits per request on average; sum merge, recent items excluded. Outputs checked identical first; "
+             f"{args.repeats} alternating passes over all requests per implementation.", "",
+             "| k | kernel p50 / p99 us | NumPy reference p50 / p99 us | reference / kernel (p50) |", "|---|---|---|---|"]
+    for k, r in results.items():
+        lines.append(f"| {k[2:]} | {r['kernel']['p50_us']:.1f} / {r['kernel']['p99_us']:.1f} | {r['numpy']['p50_us']:.1f} / "
+                     f"{r['numpy']['p99_us']:.1f} | {r['numpy_over_kernel_p50']:.1f}x |")
+    write_text("\n".join(lines) + "\n", out.with_suffix(".md"))
+    log.info(f"wrote {out}.json / .md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

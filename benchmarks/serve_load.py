@@ -115,6 +115,8 @@ def _pool(runs: list[dict[str, Any]]) -> dict[str, Any]:
                 merged[k] = merged.get(k, 0) + v
         out[key] = merged
     out["client_cpu_s"] = sum(r["client_cpu_s"] for r in runs)
+    if all("replica_cpu_s" in r for r in runs):  # what one request costs the serving replicas, whatever the latency
+        out["replica_cpu_us_per_request"] = sum(r["replica_cpu_s"] for r in runs) / max(done, 1) * 1e6
     out["client_cpu_share_of_machine"] = out["client_cpu_s"] / out["wall_s"] / (os.cpu_count() or 1)
     out["slice_qps"] = [r["qps"] for r in runs]
     return out
@@ -376,8 +378,11 @@ def main(argv: list[str] | None = None) -> int:
     slices: dict[str, list[dict[str, Any]]] = {name: [] for name in phases}
     for r in range(args.rounds):
         for name, reqs in phases.items():
+            app = {"noop": "noop", "noop_1replica": "noop1"}.get(name, APP_NAME)
+            cpu0 = _replica_cpu_s(app)
             x = LoadRun(tmp, f"{name}{r}", floor_urls.get(name, url), reqs, args.seconds / args.rounds,
                         **common).result()
+            x["replica_cpu_s"] = _replica_cpu_s(app) - cpu0
             slices[name].append(x)
             log.info(f"round {r + 1}/{args.rounds} {name}: {x['qps']:.0f} QPS p50 {x['p50_ms']:.2f} ms p99 {x['p99_ms']:.2f} ms "
                      f"statuses {x['statuses']} errors {x['errors']}")
@@ -498,6 +503,21 @@ def _plot_swap(timeline: list, events: list[tuple[str, float]], names: dict[str,
     plt.close(fig)
 
 
+def _replica_cpu_s(app: str) -> float:
+    """CPU seconds (user + system) used so far by the Serve replica processes of `app` on this machine (Linux /proc;
+    0 elsewhere). Replica processes are named `ray::ServeReplica:<app>:<deployment>...`."""
+    total = 0.0
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if not (proc / "cmdline").read_bytes().startswith(f"ray::ServeReplica:{app}:".encode()):
+                continue
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
 def _cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -531,8 +551,8 @@ def _markdown(r: dict[str, Any]) -> str:
         "separate process on loopback; client and Serve (proxy, replica, controller) share the same cores.",
         _ingress_line(r),
         "",
-        "| phase | requests | QPS | p50 ms | p95 ms | p99 ms | max ms | vs no-op QPS | client CPU (share of machine) | non-200 |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| phase | requests | QPS | p50 ms | p95 ms | p99 ms | max ms | vs no-op QPS | replica CPU us / request | client CPU (share of machine) | non-200 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name in ("noop", "noop_1replica", "similar", "recommend", "swap"):
         if name not in res:
@@ -540,7 +560,8 @@ def _markdown(r: dict[str, Any]) -> str:
         x = res[name]
         bad = sum(n for s, n in x["statuses"].items() if s != "200") + sum(x["errors"].values())
         lines.append(f"| {name} | {x['requests']:,} | {x['qps']:.0f} | {x['p50_ms']:.2f} | {x['p95_ms']:.2f} | {x['p99_ms']:.2f} | "
-                     f"{x['max_ms']:.1f} | {x['qps'] / res['noop']['qps']:.2f}x | {x['client_cpu_share_of_machine']:.0%} | {bad} |")
+                     f"{x['max_ms']:.1f} | {x['qps'] / res['noop']['qps']:.2f}x | {x.get('replica_cpu_us_per_request', float('nan')):.0f} | "
+                     f"{x['client_cpu_share_of_machine']:.0%} | {bad} |")
     if "rounds_recommend_over_noop" in res:
         per_round = res["rounds_recommend_over_noop"]
         lines += ["", f"/recommend QPS over no-op QPS per interleaved round (median {float(np.median(per_round)):.2f}): "

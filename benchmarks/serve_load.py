@@ -1,7 +1,8 @@
 """Closed-loop load test of the I2I Serve app, from a SEPARATE client process on loopback.
 
 In one run, against one Serve instance: a no-op deployment (the floor: same proxy, same request body, no work; with
---replicas N > 1 also a 1-replica no-op, and the QPS target is judged against the better of the two), GET /similar, POST /recommend (M recent items, index K), then a hot swap (user_config reconfigure to a second
+--replicas N > 1 also a 1-replica no-op, and the QPS target is judged against the better of the two), GET /similar,
+POST /recommend (M recent items, index K), then a hot swap (user_config reconfigure to a second
 index, a refused corrupt index, an admin-API swap back) in the middle of a /recommend load run with failed requests
 counted, then >= 10,000 generated hostile requests counting responses >= 500 and replica restarts. Also times the
 merge in-process (no HTTP) to show what request batching could save. Every phase is bounded in count and time.
@@ -339,56 +340,54 @@ def main(argv: list[str] | None = None) -> int:
     rec = recommend_requests(rng, np.asarray(item_ids), np.asarray(counts, np.float64), args.m, min(args.k_request, ix_a.k), 200)
     has_nb = np.flatnonzero(np.diff(ix_a.neighbors.indptr) > 0)
     sim = [{"method": "GET", "path": f"/similar/{item_ids[i]}?k={ix_a.k}"} for i in rng.choice(has_nb, 500)]
-    noop = [{"method": "POST", "path": "/noop", "body": r["body"], "headers": r["headers"]} for r in rec]
     merge_cost = in_process_merge_us(a, rec, args.m)
     log.info(f"in-process /recommend merge: {merge_cost}")
 
     cfg = ServeConfig(index_dir=str(a), port=args.port, replicas=args.replicas, admin_token=TOKEN, max_recent=args.m,
                       ingress=args.ingress)
+    # The floor: phase -> (no-op app, replicas). With several replicas it is also measured with ONE no-op replica: on a
+    # small machine one replica can sustain more than several that share its cores; the target takes the higher floor.
+    floor_apps = {"noop": ("noop", args.replicas), **({"noop_1replica": ("noop1", 1)} if args.replicas > 1 else {})}
+    phase_apps = {**{name: app for name, (app, _) in floor_apps.items()}, "similar": APP_NAME, "recommend": APP_NAME}
     os.environ.update(ray_env(cfg))
-    # Logical CPUs are scheduling tokens (Ray pins nothing): enough for every replica's share (index app, no-op,
-    # 1-replica no-op) on a 2-core machine, or the last app never gets scheduled.
-    replicas_total = 2 * args.replicas + (args.replicas > 1)
+    # Logical CPUs are scheduling tokens (Ray pins nothing): enough for every replica's share on a 2-core machine, or
+    # the last app never gets scheduled.
+    replicas_total = args.replicas + sum(n for _, n in floor_apps.values())
     ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(cfg.replica_cpus * replicas_total)), include_dashboard=False,
              address="local", log_to_driver=False)
     deploy(cfg)
-    serve.run(_noop_deployment().options(num_replicas=args.replicas).bind(), name="noop", route_prefix="/noop")
-    # With several replicas the floor is also measured with ONE no-op replica: on a small machine one replica can
-    # sustain more than several that share its cores, and the target is judged against the higher floor.
-    floors = {"noop": noop} if args.replicas == 1 else {"noop": noop, "noop_1replica": [{**r, "path": "/noop1"} for r in noop]}
-    if args.replicas > 1:
-        serve.run(_noop_deployment().options(num_replicas=1).bind(), name="noop1", route_prefix="/noop1")
-    url = [f"http://127.0.0.1:{args.port}"]
-    floor_urls = {name: url for name in floors}
+    for app, n in floor_apps.values():
+        serve.run(_noop_deployment().options(num_replicas=n).bind(), name=app, route_prefix=f"/{app}")
     if args.ingress == "direct":  # the client talks to the replicas themselves, no proxy in between
-        url = wait_replica_urls(cfg.host, APP_NAME, args.replicas, 60)
-        floor_urls = {"noop": wait_replica_urls(cfg.host, "noop", args.replicas, 60)}
-        if args.replicas > 1:
-            floor_urls["noop_1replica"] = wait_replica_urls(cfg.host, "noop1", 1, 60)
+        urls = {app: wait_replica_urls(cfg.host, app, n, 60) for app, n in [(APP_NAME, args.replicas), *floor_apps.values()]}
+    else:
+        urls = {app: [f"http://127.0.0.1:{args.port}"] for app in set(phase_apps.values())}
+    url = urls[APP_NAME]
     one = url[0]  # control calls (version, admin) go to one replica
-    log.info(f"ingress {args.ingress}: index app at {url}, no-op at {floor_urls}")
+    log.info(f"ingress {args.ingress}: {urls}")
     v0 = _get(one + "/version")
     common = {"concurrency": args.concurrency, "max_requests": args.max_requests}
-    for name, reqs in floors.items():
-        LoadRun(tmp, f"warmup_{name}", floor_urls[name], reqs[:50], 2.0, **common).result()
+    # no-op requests: the /recommend bodies, sent to the no-op app's route
+    phases = {**{name: [{**r, "path": f"/{app}"} for r in rec] for name, (app, _) in floor_apps.items()},
+              "similar": sim, "recommend": rec}
+    for name in floor_apps:
+        LoadRun(tmp, f"warmup_{name}", urls[phase_apps[name]], phases[name][:50], 2.0, **common).result()
     LoadRun(tmp, "warmup", url, sim[:50] + rec[:50], 2.0, **common).result()
     # The machine's speed drifts (a shared VM: the same phase varied up to 2x between runs), so the phases run in
     # interleaved slices and each phase pools its slices: drift hits the floor and the index app alike.
-    phases = {**floors, "similar": sim, "recommend": rec}
     slices: dict[str, list[dict[str, Any]]] = {name: [] for name in phases}
     for r in range(args.rounds):
         for name, reqs in phases.items():
-            app = {"noop": "noop", "noop_1replica": "noop1"}.get(name, APP_NAME)
+            app = phase_apps[name]
             cpu0 = _replica_cpu_s(app)
-            x = LoadRun(tmp, f"{name}{r}", floor_urls.get(name, url), reqs, args.seconds / args.rounds,
-                        **common).result()
+            x = LoadRun(tmp, f"{name}{r}", urls[app], reqs, args.seconds / args.rounds, **common).result()
             x["replica_cpu_s"] = _replica_cpu_s(app) - cpu0
             slices[name].append(x)
             log.info(f"round {r + 1}/{args.rounds} {name}: {x['qps']:.0f} QPS p50 {x['p50_ms']:.2f} ms p99 {x['p99_ms']:.2f} ms "
                      f"statuses {x['statuses']} errors {x['errors']}")
     results: dict[str, Any] = {name: _pool(xs) for name, xs in slices.items()}
     results["rounds_recommend_over_noop"] = [r["qps"] / n["qps"] for r, n in zip(slices["recommend"], slices["noop"])]
-    floor = max(floors, key=lambda name: results[name]["qps"])  # what the no-op sustains: its better configuration
+    floor = max(floor_apps, key=lambda name: results[name]["qps"])  # what the no-op sustains: its better configuration
 
     # hot swap under load: A -> B (user_config) -> corrupt (refused) -> A (admin API), all while /recommend runs
     swap_run = LoadRun(tmp, "swap", url, rec, 2 * args.seconds, track_versions=True, **common)

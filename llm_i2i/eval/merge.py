@@ -142,6 +142,38 @@ def _recommend_batch(indptr, nbrs, scores, h_indptr, h_items, num_triggers, use_
                        touched, out_idx[u], out_sc[u])
 
 
+@numba.njit(cache=True, nogil=True)
+def _recommend_external(id_table, item_ids, indptr, nbrs, scores, ids, stop_on_unknown, num_triggers, use_max, decay, k,
+                        exclude_seen, acc, seen, tick, touched):
+    """`_recommend_one` from external ids to external ids in one compiled call. A serving replica runs this between
+    long stretches of HTTP handling, with cold caches; each separate NumPy step (id lookup, masks, gathers) then cost
+    several times its warm time. Unknown ids are skipped and counted; with `stop_on_unknown` (or when no id is
+    known) nothing is merged. Returns (items, scores, triggers used, unknown count)."""
+    recent = np.empty(ids.shape[0], np.int32)
+    n = 0
+    for t in range(ids.shape[0]):
+        x = ids[t]
+        if id_table.shape[0]:
+            j = id_table[x] if 0 <= x < id_table.shape[0] else -1
+        else:
+            p = np.searchsorted(item_ids, x)
+            j = p if p < item_ids.shape[0] and item_ids[p] == x else -1
+        recent[n] = j
+        n += j >= 0
+    n_unknown = ids.shape[0] - n
+    out_items = np.empty(k, np.int64)
+    out_sc = np.empty(k, np.float64)
+    if n == 0 or (n_unknown and stop_on_unknown):
+        return out_items[:0], out_sc[:0], 0, n_unknown
+    recent = recent[:n]
+    out_idx = np.empty(k, np.int32)
+    m, n_trig = _recommend_one(indptr, nbrs, scores, recent, num_triggers, use_max, decay, k,
+                               recent if exclude_seen else recent[:0], acc, seen, tick, touched, out_idx, out_sc)
+    for i in range(m):
+        out_items[i] = item_ids[out_idx[i]]
+    return out_items[:m], out_sc[:m], n_trig, n_unknown
+
+
 def _scratch(n_items: int, use_max: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(acc, seen, touched) for `_recommend_one`, in the state it expects between calls."""
     acc = np.empty((n_items, 2))
@@ -182,10 +214,13 @@ def recommend_batch(
 
 
 class FanoutMerger:
-    """Per-request merge for serving: keeps the n_items-sized scratch between calls (thread-safe)."""
+    """Per-request merge for serving: keeps the n_items-sized scratch between calls (thread-safe). `id_table`
+    (external id -> dense index, -1 unknown; optional) replaces the binary search over `neighbors.item_ids` in
+    `recommend_ids`."""
 
-    def __init__(self, neighbors: Neighbors, how: str = "sum", decay: float = 0.8):
+    def __init__(self, neighbors: Neighbors, how: str = "sum", decay: float = 0.8, id_table: np.ndarray | None = None):
         self.neighbors = neighbors
+        self.id_table = np.empty(0, np.int32) if id_table is None else np.asarray(id_table, np.int32)
         self.use_max, self.decay = _mode(how, decay)
         self._scratch = _scratch(neighbors.n_items, self.use_max)
         self._no_exclusion = np.empty(0, np.int32)
@@ -208,3 +243,17 @@ class FanoutMerger:
             m, n_trig = _recommend_one(nb.indptr, nb.neighbors, nb.scores, recent, int(num_triggers), self.use_max,
                                        self.decay, int(k), excl, acc, seen, self._tick, touched, out_idx, out_sc)
         return out_idx[:m], out_sc[:m], n_trig
+
+    def recommend_ids(
+        self, ids: np.ndarray, k: int, num_triggers: int, exclude_seen: bool, stop_on_unknown: bool = False
+    ) -> tuple[np.ndarray, np.ndarray, int, int]:
+        """`recommend` for external item ids (int64, oldest first), answering external ids: (items, scores, triggers
+        used, number of unknown ids). Unknown ids are skipped; with `stop_on_unknown`, or when none is known, the
+        answer is empty. With `exclude_seen` the known recent items are not recommended."""
+        nb = self.neighbors
+        with self._lock:
+            self._tick += 1
+            acc, seen, touched = self._scratch
+            return _recommend_external(self.id_table, nb.item_ids, nb.indptr, nb.neighbors, nb.scores, ids,
+                                       bool(stop_on_unknown), int(num_triggers), self.use_max, self.decay, int(k),
+                                       bool(exclude_seen), acc, seen, self._tick, touched)

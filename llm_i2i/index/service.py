@@ -96,9 +96,9 @@ class IndexService:
         if not index_dir:
             raise CorruptIndexError("serve.index_dir is not set")
         index = load_index(index_dir, verify=self.cfg.verify_on_load)
-        merger = FanoutMerger(index.neighbors, how=self.cfg.merge, decay=self.cfg.decay)
-        if index.n_items:  # compile/warm the kernels for this dtype before taking traffic
-            merger.recommend(np.zeros(1, np.int32), 1, 1)
+        merger = FanoutMerger(index.neighbors, how=self.cfg.merge, decay=self.cfg.decay, id_table=index.id_table)
+        if index.n_items:  # compile/warm the kernel for this index's dtypes before taking traffic
+            merger.recommend_ids(np.array(index.neighbors.item_ids[:1]), 1, 1, True)  # writable, like a request's ids
         return _Loaded(index, merger)
 
     @property
@@ -165,17 +165,15 @@ class IndexService:
         if len(recent_items) > self.cfg.max_recent:
             raise RequestError(400, f"recent_items has {len(recent_items)} ids, at most M={self.cfg.max_recent} allowed")
         ids = _int64_ids(recent_items)
-        dense, known = state.index.dense(ids)
-        unknown = ids[~known]
-        if len(unknown) and (self.cfg.unknown_items == "reject" or len(unknown) == len(ids)):
-            shown = ", ".join(map(str, unknown[:10].tolist())) + (" ..." if len(unknown) > 10 else "")
-            raise RequestError(404, f"{len(unknown)} unknown item id(s) in recent_items: {shown}")
-        recent = dense[known]
-        idx, sc, triggers = state.merger.recommend(recent, kk, self.cfg.max_recent,
-                                                   exclude=recent if exclude_seen else None)
-        out = {"items": state.index.neighbors.item_ids[idx], "scores": sc, "triggers": triggers,
-               "index_version": state.index.version}
-        if len(unknown):
+        reject = self.cfg.unknown_items == "reject"
+        items, sc, triggers, n_unknown = state.merger.recommend_ids(ids, kk, self.cfg.max_recent, exclude_seen,
+                                                                     stop_on_unknown=reject)
+        out = {"items": items, "scores": sc, "triggers": triggers, "index_version": state.index.version}
+        if n_unknown:  # the rare path names them
+            unknown = ids[~state.index.dense(ids)[1]]
+            if reject or n_unknown == len(ids):
+                shown = ", ".join(map(str, unknown[:10].tolist())) + (" ..." if len(unknown) > 10 else "")
+                raise RequestError(404, f"{len(unknown)} unknown item id(s) in recent_items: {shown}")
             out["skipped_unknown"] = unknown.tolist()
         return out
 

@@ -60,6 +60,31 @@ def test_batch_and_single_match_reference(seed, how, mask, m, k):
         assert triggers == min(m, len(set(h.tolist())))
 
 
+@given(st.integers(0, 10_000), st.sampled_from(["sum", "max", "recency"]), st.booleans(), st.booleans(), st.integers(1, 6),
+       st.integers(1, 12))
+@settings(max_examples=80, deadline=None)
+def test_external_id_path_matches_reference(seed, how, exclude_seen, with_table, m, k):
+    """`recommend_ids` (the serving path) = the reference on the known ids, unknown ids skipped and counted; the
+    direct-address id table and the binary search over sorted ids agree."""
+    rng = np.random.default_rng(seed)
+    nb = random_neighbors(rng, 25, 8)  # external ids 0, 10, ..., 240
+    table = np.full(241, -1, np.int32)
+    table[nb.item_ids] = np.arange(25, dtype=np.int32)
+    merger = FanoutMerger(nb, how=how, decay=0.7, id_table=table if with_table else None)
+    h = rng.integers(0, 25, int(rng.integers(0, 9)))
+    ext = nb.item_ids[h].tolist()
+    unknown = [int(x) for x in rng.choice([-10, -1, 5, 239, 241, 10**12, -(2**63)], int(rng.integers(0, 3)))]
+    for x in unknown:
+        ext.insert(int(rng.integers(0, len(ext) + 1)), x)
+    items, scores, triggers, n_unknown = merger.recommend_ids(np.array(ext, np.int64), k, m, exclude_seen)
+    want_ids, want_sc = reference(nb, h, m, k, how, 0.7, exclude_seen)
+    assert items.tolist() == nb.item_ids[want_ids].tolist() and n_unknown == len(unknown)
+    np.testing.assert_allclose(scores, want_sc, rtol=1e-12)
+    assert triggers == min(m, len(set(h.tolist())))
+    stopped = merger.recommend_ids(np.array(ext, np.int64), k, m, exclude_seen, stop_on_unknown=True)
+    assert (len(stopped[0]), stopped[2], stopped[3]) == ((0, 0, len(unknown)) if unknown else (len(items), triggers, 0))
+
+
 def test_unknown_merge_mode_is_refused():
     nb = random_neighbors(np.random.default_rng(0), 5, 2)
     with pytest.raises(ValueError, match="merge must be one of"):

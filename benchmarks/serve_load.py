@@ -355,6 +355,8 @@ def main(argv: list[str] | None = None) -> int:
     replicas_total = args.replicas + sum(n for _, n in floor_apps.values())
     ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(cfg.replica_cpus * replicas_total)), include_dashboard=False,
              address="local", log_to_driver=False)
+    actor_call = ray_actor_call_ms()
+    log.info(f"serial Ray actor call: {actor_call}")
     deploy(cfg)
     for app, n in floor_apps.values():
         serve.run(_noop_deployment().options(num_replicas=n).bind(), name=app, route_prefix=f"/{app}")
@@ -447,6 +449,7 @@ def main(argv: list[str] | None = None) -> int:
         "out": str(args.out),
         "index": {**info, "k": ix_a.k, "version_a": ix_a.version, "version_b": ix_b.version},
         "in_process_merge": merge_cost,
+        "ray_actor_call": actor_call,
         "results": results,
         "floor": floor,
         "ratios": {"recommend_qps_over_noop": results["recommend"]["qps"] / results["noop"]["qps"],
@@ -500,6 +503,27 @@ def _plot_swap(timeline: list, events: list[tuple[str, float]], names: dict[str,
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
+
+
+def ray_actor_call_ms(n: int = 300) -> dict[str, float]:
+    """Round trip of a serial call to a trivial Ray actor on this machine: context for the proxy path (Serve's proxy
+    reaches a replica through actor calls), which this VM runs far slower than Ray's documented numbers."""
+    import ray
+
+    @ray.remote(num_cpus=0.01)
+    class Echo:
+        def ping(self) -> int:
+            return 0
+
+    actor = Echo.remote()
+    ray.get(actor.ping.remote())
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        ray.get(actor.ping.remote())
+        times.append(time.perf_counter() - t0)
+    ray.kill(actor)
+    return {k: v for k, v in _percentiles(times).items() if k in ("p50_ms", "p99_ms")}
 
 
 def _replica_cpu_s(app: str) -> float:
@@ -573,6 +597,10 @@ def _markdown(r: dict[str, Any]) -> str:
         f"against an end-to-end p50 of {res['recommend']['p50_ms']:.2f} ms: the merge is "
         f"{mc['p50_us'] / 1e3 / res['recommend']['p50_ms']:.0%} of a request, so request batching has little to share "
         "and is not used.",
+        "",
+        f"A serial call to a trivial Ray actor on this machine: p50 {r['ray_actor_call']['p50_ms']:.2f} ms, p99 "
+        f"{r['ray_actor_call']['p99_ms']:.2f} ms (context for the proxy path: Serve's proxy reaches a replica through actor "
+        "calls; direct ingress makes none).",
         "",
         "## Hot swap under /recommend load",
         "",

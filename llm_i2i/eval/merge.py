@@ -50,7 +50,8 @@ def _merge_one(indptr, nbrs, scores, triggers, trig_w, use_max, k, exclude, acc,
     share a cache line, which is what a serving merge waits on. Excluded items are touched first with a score no
     finite merge can move (-inf for sum, +inf for max) and skipped at selection, so the accumulation loop has no
     data-dependent branch (an unpredictable first-touch branch cost as much as the rest of the loop). Selection keeps
-    the best k in a heap rather than partitioning and sorting every candidate."""
+    the best k in a heap rather than partitioning and sorting every candidate; the heap lives in out_idx/out_sc and is
+    sorted in place (heapsort), so a call allocates nothing."""
     banned = np.inf if use_max else -np.inf
     rest = -np.inf if use_max else 0.0
     n_t = 0
@@ -72,8 +73,7 @@ def _merge_one(indptr, nbrs, scores, triggers, trig_w, use_max, k, exclude, acc,
                 acc[j, 0] = max(acc[j, 0], w * scores[p])
             else:
                 acc[j, 0] += w * scores[p]
-    hs = np.empty(k, np.float64)
-    hi = np.empty(k, np.int32)
+    hs, hi = out_sc, out_idx
     n = 0
     for t in range(n_t):
         j = touched[t]
@@ -95,10 +95,11 @@ def _merge_one(indptr, nbrs, scores, triggers, trig_w, use_max, k, exclude, acc,
             hs[0], hi[0] = s, j
             _sift_down(hs, hi, k, 0)
     m = n
-    while n > 0:  # pop the last-ranked first into the tail of the output
+    while n > 0:  # swap the last-ranked into the tail; what stays in front is the heap
         n -= 1
-        out_idx[n], out_sc[n] = hi[0], hs[0]
+        s, j = hs[0], hi[0]
         hs[0], hi[0] = hs[n], hi[n]
+        hs[n], hi[n] = s, j
         _sift_down(hs, hi, n, 0)
     return m
 
@@ -143,12 +144,13 @@ def _recommend_batch(indptr, nbrs, scores, h_indptr, h_items, num_triggers, use_
 
 
 @numba.njit(cache=True, nogil=True)
-def _recommend_external(id_table, item_ids, indptr, nbrs, scores, ids, stop_on_unknown, num_triggers, use_max, decay, k,
-                        exclude_seen, acc, seen, tick, touched):
-    """`_recommend_one` from external ids to external ids in one compiled call. A serving replica runs this between
-    long stretches of HTTP handling, with cold caches; each separate NumPy step (id lookup, masks, gathers) then cost
-    several times its warm time. Unknown ids are skipped and counted; with `stop_on_unknown` (or when no id is
-    known) nothing is merged. Returns (items, scores, triggers used, unknown count)."""
+def _recommend_external(id_table, item_ids, indptr, nbrs, scores, ids, stop_on_unknown, num_triggers, use_max, decay,
+                        exclude_seen, acc, seen, tick, touched, out_items, out_sc):
+    """`_recommend_one` from external ids to external ids (written to out_items/out_sc, length k) in one compiled call
+    that returns only counts. A serving replica runs this between long stretches of HTTP handling, with cold caches;
+    each separate NumPy step (id lookup, masks, gathers, returned arrays) then cost several times its warm time.
+    Unknown ids are skipped and counted; with `stop_on_unknown` (or when no id is known) nothing is merged. Returns
+    (items written, triggers used, unknown count)."""
     recent = np.empty(ids.shape[0], np.int32)
     n = 0
     for t in range(ids.shape[0]):
@@ -161,17 +163,14 @@ def _recommend_external(id_table, item_ids, indptr, nbrs, scores, ids, stop_on_u
         recent[n] = j
         n += j >= 0
     n_unknown = ids.shape[0] - n
-    out_items = np.empty(k, np.int64)
-    out_sc = np.empty(k, np.float64)
     if n == 0 or (n_unknown and stop_on_unknown):
-        return out_items[:0], out_sc[:0], 0, n_unknown
+        return 0, 0, n_unknown
     recent = recent[:n]
-    out_idx = np.empty(k, np.int32)
-    m, n_trig = _recommend_one(indptr, nbrs, scores, recent, num_triggers, use_max, decay, k,
-                               recent if exclude_seen else recent[:0], acc, seen, tick, touched, out_idx, out_sc)
-    for i in range(m):
-        out_items[i] = item_ids[out_idx[i]]
-    return out_items[:m], out_sc[:m], n_trig, n_unknown
+    m, n_trig = _recommend_one(indptr, nbrs, scores, recent, num_triggers, use_max, decay, out_items.shape[0],
+                               recent if exclude_seen else recent[:0], acc, seen, tick, touched, out_items, out_sc)
+    for i in range(m):  # dense indices -> external ids, in place
+        out_items[i] = item_ids[out_items[i]]
+    return m, n_trig, n_unknown
 
 
 def _scratch(n_items: int, use_max: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -251,9 +250,12 @@ class FanoutMerger:
         used, number of unknown ids). Unknown ids are skipped; with `stop_on_unknown`, or when none is known, the
         answer is empty. With `exclude_seen` the known recent items are not recommended."""
         nb = self.neighbors
+        items, scores = np.empty(k, np.int64), np.empty(k, np.float64)
         with self._lock:
             self._tick += 1
             acc, seen, touched = self._scratch
-            return _recommend_external(self.id_table, nb.item_ids, nb.indptr, nb.neighbors, nb.scores, ids,
-                                       bool(stop_on_unknown), int(num_triggers), self.use_max, self.decay, int(k),
-                                       bool(exclude_seen), acc, seen, self._tick, touched)
+            m, n_trig, n_unknown = _recommend_external(self.id_table, nb.item_ids, nb.indptr, nb.neighbors, nb.scores,
+                                                       ids, bool(stop_on_unknown), int(num_triggers), self.use_max,
+                                                       self.decay, bool(exclude_seen), acc, seen, self._tick, touched,
+                                                       items, scores)
+        return (items, scores, n_trig, n_unknown) if m == k else (items[:m], scores[:m], n_trig, n_unknown)

@@ -1,6 +1,7 @@
-"""The serving fan-out merge (`llm_i2i.eval.merge.FanoutMerger`) against a vectorised NumPy reference, same requests.
+"""The serving fan-out merge (`FanoutMerger.recommend_ids`: external ids in and out, as `IndexService` calls it) against
+a vectorised NumPy reference doing the same work (id lookup, merge, id gather), same requests.
 
-Index: Swing (K=200) on Beauty, the index `serve_load.py` serves. Requests: the same M=100 recent-item lists drawn by
+Index: Swing (K=200) on Beauty, written and loaded as the index `serve_load.py` serves. Requests: the same M=100 recent-item lists drawn by
 popularity as `serve_load.py` sends. For each k, both implementations run over all requests in alternating passes
 (kernel pass, reference pass, ...) so this shared VM's speed drift hits both; outputs are checked equal first.
 
@@ -15,6 +16,7 @@ import argparse
 import json
 import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,12 +29,15 @@ from benchmarks.serve_load import _cpu_model, recommend_requests  # noqa: E402
 from llm_i2i.data import load_dataset  # noqa: E402
 from llm_i2i.eval.merge import FanoutMerger  # noqa: E402
 from llm_i2i.i2i import make_backbone  # noqa: E402
+from llm_i2i.index.store import load_index, write_index  # noqa: E402
 from llm_i2i.io import write_json, write_text  # noqa: E402
 from llm_i2i.progress import log, setup_logging  # noqa: E402
 
 
-def numpy_merge(nb, recent: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Sum merge, recent items excluded, ties by item index: one bincount over the concatenated neighbour rows."""
+def numpy_merge(nb, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sum merge of external ids (all known), recent items excluded, ties by item index: one bincount over the
+    concatenated neighbour rows."""
+    recent = np.searchsorted(nb.item_ids, ids)
     trig = np.unique(recent)
     rows = [np.arange(nb.indptr[i], nb.indptr[i + 1]) for i in trig]
     pos = np.concatenate(rows) if rows else np.zeros(0, np.int64)
@@ -43,7 +48,7 @@ def numpy_merge(nb, recent: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]
     touched[recent] = False
     idx = np.flatnonzero(touched)
     order = np.lexsort((idx, -acc[idx]))[:k]
-    return idx[order].astype(np.int32), acc[idx[order]]
+    return nb.item_ids[idx[order]], acc[idx[order]]
 
 
 def main() -> int:
@@ -58,22 +63,24 @@ def main() -> int:
     setup_logging()
     ds = load_dataset(args.data)
     seqs = ds.sequences()
-    nb = make_backbone("swing", overrides={"k": 200}).fit(seqs)
-    reqs = recommend_requests(np.random.default_rng(0), nb.item_ids, seqs.item_counts().astype(np.float64), args.m,
+    fitted = make_backbone("swing", overrides={"k": 200}).fit(seqs)
+    reqs = recommend_requests(np.random.default_rng(0), fitted.item_ids, seqs.item_counts().astype(np.float64), args.m,
                               200, args.requests)
-    dense = {int(e): d for d, e in enumerate(nb.item_ids)}
-    recents = [np.array([dense[i] for i in json.loads(r["body"])["recent_items"]], np.int32) for r in reqs]
+    recents = [np.array(json.loads(r["body"])["recent_items"], np.int64) for r in reqs]
+    with tempfile.TemporaryDirectory() as tmp:  # the served layout (memory-mapped arrays, id table); mappings outlive the dir
+        ix = load_index(write_index(fitted, Path(tmp) / "index", {"backbone": "swing", "dataset": ds.name}))
+    nb = ix.neighbors  # float32 scores, as served (the fit's are float64)
     visits = np.diff(nb.indptr)
-    merger = FanoutMerger(nb)
+    merger = FanoutMerger(nb, id_table=ix.id_table)
     results = {}
     for k in args.ks:
         for r in recents:  # same items, same scores, same order (also warms both paths)
-            got_i, got_s, _ = merger.recommend(r, k, args.m, exclude=r)
+            got_i, got_s, _, _ = merger.recommend_ids(r, k, args.m, True)
             want_i, want_s = numpy_merge(nb, r, k)
             if not (np.array_equal(got_i, want_i) and np.allclose(got_s, want_s, rtol=1e-12)):
                 raise AssertionError(f"kernel and NumPy reference disagree at k={k}")
         times = {"kernel": [], "numpy": []}
-        runs = {"kernel": lambda r: merger.recommend(r, k, args.m, exclude=r), "numpy": lambda r: numpy_merge(nb, r, k)}
+        runs = {"kernel": lambda r: merger.recommend_ids(r, k, args.m, True), "numpy": lambda r: numpy_merge(nb, r, k)}
         for _ in range(args.repeats):  # whole passes alternate: per call, one's allocations would evict the other's cache
             for name, run in runs.items():
                 for r in recents:
@@ -87,7 +94,7 @@ def main() -> int:
         log.info(f"k={k}: {res}")
     report = {"command": " ".join(["python", *sys.argv]), "machine": f"{_cpu_model()}, {platform.platform()}",
               "index": {"dataset": ds.name, "items": nb.n_items, "K": 200, "rows": int(nb.indptr[-1])},
-              "m": args.m, "neighbour_visits_per_request": float(np.mean([visits[r].sum() for r in recents])),
+              "m": args.m, "neighbour_visits_per_request": float(np.mean([visits[np.searchsorted(nb.item_ids, r)].sum() for r in recents])),
               "results": results}
     out = Path(args.out)
     write_json(report, out.with_suffix(".json"))
@@ -95,7 +102,7 @@ def main() -> int:
              f"Command: `{report['command']}` (under `flock /tmp/llm_i2i_heavy.lock`). Machine: {report['machine']}, 2 cores, shared.",
              f"Index: Swing on {ds.name} ({nb.n_items:,} items, K=200). {args.requests} requests of M={args.m} recent items "
              f"(drawn by popularity, as `serve_load.py` sends), {report['neighbour_visits_per_request']:,.0f} neighbour "
-             f"visits per request on average; sum merge, recent items excluded. Outputs checked identical first; "
+             f"visits per request on average; sum merge, recent items excluded; both sides take external ids and answer external ids. Outputs checked identical first; "
              f"{args.repeats} alternating passes over all requests per implementation.", "",
              "| k | kernel p50 / p99 us | NumPy reference p50 / p99 us | reference / kernel (p50) |", "|---|---|---|---|"]
     for k, r in results.items():

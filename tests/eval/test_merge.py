@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llm_i2i.eval.merge import FanoutMerger, recommend_batch
+from llm_i2i.eval.merge import SELECT_BINS, FanoutMerger, _top_k, recommend_batch
 from llm_i2i.i2i.base import Neighbors
 
 
@@ -83,6 +83,32 @@ def test_external_id_path_matches_reference(seed, how, exclude_seen, with_table,
     assert triggers == min(m, len(set(h.tolist())))
     stopped = merger.recommend_ids(np.array(ext, np.int64), k, m, exclude_seen, stop_on_unknown=True)
     assert (len(stopped[0]), stopped[2], stopped[3]) == ((0, 0, len(unknown)) if unknown else (len(items), triggers, 0))
+
+
+@given(st.integers(0, 10_000), st.integers(0, 3_000), st.integers(0, 300),
+       st.sampled_from(["ties", "wide", "zeros", "signed_zeros", "narrow"]))
+@settings(max_examples=150, deadline=None)
+def test_top_k_matches_full_sort(seed, n, k, kind):
+    """The histogram-thresholded heap selects exactly the first k of a full sort by (score desc, index asc): many
+    ties, magnitudes from 1e-300 to 1e300 of both signs, +0.0 beside -0.0, and spans narrower than the bins."""
+    rng = np.random.default_rng(seed)
+    if kind == "ties":
+        sc = rng.integers(-3, 4, n).astype(np.float64)
+    elif kind == "wide":
+        sc = rng.choice([-1.0, 1.0], n) * 10.0 ** rng.uniform(-300, 300, n)
+    elif kind == "zeros":
+        sc = rng.choice([0.0, -0.0, 1e-310, -1e-310, 1.0], n)
+    elif kind == "signed_zeros":  # adjacent order keys: a bin boundary between -0.0 and +0.0 must not split the tie
+        sc = rng.choice([0.0, -0.0], n)
+    else:
+        sc = 1.0 + rng.integers(0, 5, n) * np.finfo(np.float64).eps
+    idx = rng.permutation(max(n, 1) * 3)[:n].astype(np.int32)
+    out_idx, out_sc = np.empty(k, np.int32), np.empty(k)
+    m = _top_k(sc.copy(), idx.copy(), n, np.empty(SELECT_BINS, np.int32), out_idx, out_sc)
+    order = np.lexsort((idx, -sc))[:k]
+    assert m == min(n, k)
+    assert out_idx[:m].tolist() == idx[order].tolist()
+    assert out_sc[:m].tolist() == sc[order].tolist()
 
 
 def test_unknown_merge_mode_is_refused():

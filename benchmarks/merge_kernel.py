@@ -1,9 +1,10 @@
 """The serving fan-out merge (`FanoutMerger.recommend_ids`: external ids in and out, as `IndexService` calls it) against
 a vectorised NumPy reference doing the same work (id lookup, merge, id gather), same requests.
 
-Index: Swing (K=200) on Beauty, written and loaded as the index `serve_load.py` serves. Requests: the same M=100 recent-item lists drawn by
-popularity as `serve_load.py` sends. For each k, both implementations run over all requests in alternating passes
-(kernel pass, reference pass, ...) so this shared VM's speed drift hits both; outputs are checked equal first.
+Index: Swing (K=200) on Beauty, written and loaded as the index `serve_load.py` serves. Requests: the same M=100
+recent-item lists drawn by popularity as `serve_load.py` sends. For each k, both implementations run over all requests
+in alternating passes (kernel pass, reference pass, ...) so this shared VM's speed drift hits both; outputs are checked
+equal first.
 
   flock /tmp/llm_i2i_heavy.lock .venv/bin/python benchmarks/merge_kernel.py
 
@@ -94,7 +95,9 @@ def main() -> int:
         log.info(f"k={k}: {res}")
     report = {"command": " ".join(["python", *sys.argv]), "machine": f"{_cpu_model()}, {platform.platform()}",
               "index": {"dataset": ds.name, "items": nb.n_items, "K": 200, "rows": int(nb.indptr[-1])},
-              "m": args.m, "neighbour_visits_per_request": float(np.mean([visits[np.searchsorted(nb.item_ids, r)].sum() for r in recents])),
+              "m": args.m,
+              "neighbour_visits_per_request": float(np.mean([visits[np.searchsorted(nb.item_ids, r)].sum()
+                                                             for r in recents])),
               "results": results}
     out = Path(args.out)
     write_json(report, out.with_suffix(".json"))
@@ -102,7 +105,8 @@ def main() -> int:
              f"Command: `{report['command']}` (under `flock /tmp/llm_i2i_heavy.lock`). Machine: {report['machine']}, 2 cores, shared.",
              f"Index: Swing on {ds.name} ({nb.n_items:,} items, K=200). {args.requests} requests of M={args.m} recent items "
              f"(drawn by popularity, as `serve_load.py` sends), {report['neighbour_visits_per_request']:,.0f} neighbour "
-             f"visits per request on average; sum merge, recent items excluded; both sides take external ids and answer external ids. Outputs checked identical first; "
+             f"visits per request on average; sum merge, recent items excluded; both sides take external ids and "
+             f"answer external ids. Outputs checked identical first; "
              f"{args.repeats} alternating passes over all requests per implementation.", "",
              "| k | kernel p50 / p99 us | NumPy reference p50 / p99 us | reference / kernel (p50) |", "|---|---|---|---|"]
     for k, r in results.items():

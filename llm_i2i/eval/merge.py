@@ -222,8 +222,6 @@ def _recommend_external(id_table, item_ids, indptr, nbrs, scores, ids, stop_on_u
     return m, n_trig, n_unknown
 
 
-
-
 def _scratch(n_items: int, use_max: bool) -> tuple[np.ndarray, ...]:
     """(acc, seen, touched, cand, bins) for `_recommend_one`, in the state it expects between calls."""
     acc = np.empty((n_items, 2))

@@ -42,6 +42,7 @@ def _sift_down(hs, hi, n, pos):
 
 
 SELECT_BINS = 1024  # `_top_k`'s histogram: 4 KB, and a threshold bucket holding a few candidates at K=200
+BUCKET_MAX = 16  # `_top_k` bucket-sorts its selection when no bucket holds more (insertion sort within a bucket)
 BINS_MIN_K = 48  # measured on ~2,100 candidates: the histogram costs 1-4% at k=32, saves 9% at k=50, 25-33% at k=200
 
 
@@ -53,14 +54,49 @@ def _order_key(u):
 
 
 @numba.njit(cache=True, nogil=True)
+def _bucket_top_k(cand_sc, cand_idx, n, starts, b, key_lo, shift, out_idx, out_sc):
+    """`_top_k` once the histogram is known: `starts` holds its counts; buckets b and up hold the selection. A counting
+    sort places the selection bucket by bucket, best bucket first, so every candidate already ranks after all of the
+    buckets before its own; one insertion sort then only moves candidates within their (small) bucket."""
+    pos = 0
+    for c in range(starts.shape[0] - 1, b - 1, -1):  # counts -> start offsets, best bucket first
+        cnt = starts[c]
+        starts[c] = pos
+        pos += cnt
+    sel_sc, sel_idx = np.empty(pos), np.empty(pos, np.int32)
+    threshold = key_lo + (np.uint64(b) << shift)
+    keys = cand_sc[:n].view(np.uint64)
+    for t in range(n):
+        key = _order_key(keys[t])
+        if key < threshold:
+            continue
+        c = (key - key_lo) >> shift
+        p = starts[c]
+        starts[c] = p + 1
+        sel_sc[p], sel_idx[p] = cand_sc[t], cand_idx[t]
+    for a in range(1, pos):
+        s, j = sel_sc[a], sel_idx[a]
+        c = a
+        while c > 0 and _ranks_before(s, j, sel_sc[c - 1], sel_idx[c - 1]):
+            sel_sc[c], sel_idx[c] = sel_sc[c - 1], sel_idx[c - 1]
+            c -= 1
+        sel_sc[c], sel_idx[c] = s, j
+    m = min(pos, out_idx.shape[0])
+    out_sc[:m], out_idx[:m] = sel_sc[:m], sel_idx[:m]
+    return m
+
+
+@numba.njit(cache=True, nogil=True)
 def _top_k(cand_sc, cand_idx, n, bins, out_idx, out_sc):
     """The best len(out_idx) of the n candidates (cand_sc[:n], cand_idx[:n]), best first, into out_idx/out_sc; returns
     the count written. A heap over all candidates spent most of a serving merge in unpredictable sift-downs (~2,000
     candidates for k=200), so a histogram of order-preserving score keys (log-like buckets: exponent and top mantissa
-    bits) first finds the lowest bucket that still holds the k-th best; only candidates from there up (k plus a few)
-    enter the heap. Exact: that set contains every candidate scoring at least the k-th best's score. Below BINS_MIN_K
-    the heap's few replacements cost less than the histogram's passes. The heap lives in out_idx/out_sc and is sorted in
-    place (heapsort), so nothing is allocated."""
+    bits) first finds the lowest bucket that still holds the k-th best: only candidates from there up (k plus a few)
+    are ranked. Exact: that set contains every candidate scoring at least the k-th best's score. When no selected
+    bucket holds more than BUCKET_MAX candidates, they are bucket-sorted (`_bucket_top_k`: a heapsort of the k cost
+    more than the rest of the selection); otherwise (many ties, a few outliers stretching the bins) they go through a
+    heap. Below BINS_MIN_K the heap's few replacements cost less than the histogram's passes. The heap lives in
+    out_idx/out_sc and is sorted in place (heapsort)."""
     k = out_idx.shape[0]
     if k == 0:
         return 0
@@ -77,10 +113,13 @@ def _top_k(cand_sc, cand_idx, n, bins, out_idx, out_sc):
         bins[:] = 0
         for t in range(n):
             bins[(_order_key(keys[t]) - key_lo) >> shift] += 1
-        b, above = bins.shape[0] - 1, 0
+        b, above, biggest = bins.shape[0] - 1, 0, 0
         while above + bins[b] < k:
             above += bins[b]
+            biggest = max(biggest, bins[b])
             b -= 1
+        if max(biggest, bins[b]) <= BUCKET_MAX:
+            return _bucket_top_k(cand_sc, cand_idx, n, bins, b, key_lo, shift, out_idx, out_sc)
         threshold = key_lo + (np.uint64(b) << shift)
     hs, hi = out_sc, out_idx
     m = 0
@@ -111,6 +150,35 @@ def _top_k(cand_sc, cand_idx, n, bins, out_idx, out_sc):
     return count
 
 
+ACC_LINE_ROWS = 4  # `acc` rows (2 float64) per 64-byte cache line
+
+
+@numba.njit(cache=True, nogil=True)
+def _stream_in(indptr, nbrs, scores, triggers, acc, bounds):
+    """Resolve every trigger's row into `bounds` and read each cache line the accumulation will touch, in loops of
+    independent loads. A serving replica finds these lines evicted between requests, and inside the accumulation loop
+    each miss waits behind the last one (the next row's bounds are only known once a row is done); here they overlap,
+    and the accumulator is streamed in sequentially (hardware-prefetched) when it has no more lines than the request
+    has neighbour visits, instead of being fetched line by line at random. Returns a checksum of what it read, which
+    the caller must use, or the compiler drops the loads."""
+    visits = 0
+    for t in range(triggers.shape[0]):
+        i = triggers[t]
+        bounds[t, 0], bounds[t, 1] = indptr[i], indptr[i + 1]
+        visits += indptr[i + 1] - indptr[i]
+    sink = 0.0
+    for t in range(triggers.shape[0]):
+        lo, hi = bounds[t, 0], bounds[t, 1]
+        for p in range(lo, hi, 16):  # 16 int32 ids / float32 scores to a line
+            sink += scores[p] + nbrs[p]
+        if hi > lo:
+            sink += scores[hi - 1] + nbrs[hi - 1]
+    if acc.shape[0] <= ACC_LINE_ROWS * visits:
+        for j in range(0, acc.shape[0], ACC_LINE_ROWS):
+            sink += acc[j, 1]
+    return sink
+
+
 @numba.njit(cache=True, nogil=True)
 def _merge_one(indptr, nbrs, scores, triggers, trig_w, use_max, exclude, acc, tick, touched, cand, bins, out_idx, out_sc):
     """Merge the neighbour lists of `triggers` into out_idx/out_sc (length k); returns count written.
@@ -123,6 +191,8 @@ def _merge_one(indptr, nbrs, scores, triggers, trig_w, use_max, exclude, acc, ti
     `cand` (n_items + 1) collect the candidates; `bins` is `_top_k`'s."""
     banned = np.inf if use_max else -np.inf
     rest = -np.inf if use_max else 0.0
+    bounds = np.empty((triggers.shape[0], 2), np.int64)
+    bins[0] = _stream_in(indptr, nbrs, scores, triggers, acc, bounds) != 0.0  # keeps the loads; `_top_k` clears bins
     n_t = 0
     for e in range(exclude.shape[0]):
         j = exclude[e]
@@ -131,9 +201,8 @@ def _merge_one(indptr, nbrs, scores, triggers, trig_w, use_max, exclude, acc, ti
         acc[j, 1] = tick
         acc[j, 0] = banned
     for t in range(triggers.shape[0]):
-        i = triggers[t]
         w = trig_w[t]
-        for p in range(indptr[i], indptr[i + 1]):
+        for p in range(bounds[t, 0], bounds[t, 1]):
             j = nbrs[p]
             touched[n_t] = j
             n_t += acc[j, 1] != tick

@@ -86,16 +86,19 @@ def test_external_id_path_matches_reference(seed, how, exclude_seen, with_table,
 
 
 @given(st.integers(0, 10_000), st.integers(0, 3_000), st.integers(0, 300),
-       st.sampled_from(["ties", "wide", "zeros", "signed_zeros", "narrow"]))
+       st.sampled_from(["ties", "wide", "uniform", "zeros", "signed_zeros", "narrow"]))
 @settings(max_examples=150, deadline=None)
 def test_top_k_matches_full_sort(seed, n, k, kind):
-    """The histogram-thresholded heap selects exactly the first k of a full sort by (score desc, index asc): many
-    ties, magnitudes from 1e-300 to 1e300 of both signs, +0.0 beside -0.0, and spans narrower than the bins."""
+    """The histogram-thresholded selection (bucket sort, or the heap when a bucket is crowded) gives exactly the first k
+    of a full sort by (score desc, index asc): many ties, magnitudes from 1e-300 to 1e300 of both signs, uniform scores,
+    +0.0 beside -0.0, and spans narrower than the bins."""
     rng = np.random.default_rng(seed)
     if kind == "ties":
         sc = rng.integers(-3, 4, n).astype(np.float64)
     elif kind == "wide":
         sc = rng.choice([-1.0, 1.0], n) * 10.0 ** rng.uniform(-300, 300, n)
+    elif kind == "uniform":
+        sc = rng.random(n)
     elif kind == "zeros":
         sc = rng.choice([0.0, -0.0, 1e-310, -1e-310, 1.0], n)
     elif kind == "signed_zeros":  # adjacent order keys: a bin boundary between -0.0 and +0.0 must not split the tie

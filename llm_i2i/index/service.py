@@ -152,8 +152,9 @@ class IndexService:
         out = self._recommend(recent_items, k, exclude_seen)
         return {**out, "items": out["items"].tolist(), "scores": out["scores"].tolist()}
 
-    def _recommend(self, recent_items: Any, k: Any, exclude_seen: Any) -> dict[str, Any]:
-        """`recommend` with NumPy items/scores, which the HTTP path encodes without building lists."""
+    def _recommend(self, recent_items: Any, k: Any, exclude_seen: Any, may_hold_bools: bool = True) -> dict[str, Any]:
+        """`recommend` with NumPy items/scores, which the HTTP path encodes without building lists. `may_hold_bools`:
+        False when the request's JSON has no boolean literal (see `_int64_ids`)."""
         state = self._state
         kk = self._k(k, state)
         if not isinstance(exclude_seen, bool):
@@ -164,7 +165,7 @@ class IndexService:
             raise RequestError(400, "recent_items is empty: send at least one item id")
         if len(recent_items) > self.cfg.max_recent:
             raise RequestError(400, f"recent_items has {len(recent_items)} ids, at most M={self.cfg.max_recent} allowed")
-        ids = _int64_ids(recent_items)
+        ids = _int64_ids(recent_items, may_hold_bools)
         reject = self.cfg.unknown_items == "reject"
         items, sc, triggers, n_unknown = state.merger.recommend_ids(ids, kk, self.cfg.max_recent, exclude_seen,
                                                                      stop_on_unknown=reject)
@@ -200,7 +201,8 @@ class IndexService:
                 raise RequestError(400, f"unknown field(s) {sorted(unknown)}; allowed: recent_items, k, exclude_seen")
             if "recent_items" not in req:
                 raise RequestError(400, "missing field recent_items")
-            return self._recommend(req["recent_items"], req.get("k"), req.get("exclude_seen", True))
+            return self._recommend(req["recent_items"], req.get("k"), req.get("exclude_seen", True),
+                                   may_hold_bools=b"true" in body or b"false" in body)
         if path == "/healthz":
             _need(method, "GET")
             return {"status": "ok", "index_version": self._state.index.version}
@@ -246,10 +248,20 @@ def _as_int(x: Any, what: str, from_text: bool = False) -> int:
     return x
 
 
-def _int64_ids(values: list[Any]) -> np.ndarray:
+def _int64_ids(values: list[Any], may_hold_bools: bool = True) -> np.ndarray:
     """A JSON list of item ids as int64; the per-element check (which names the bad element) runs only when the
-    one-pass conversion of a list of plain ints fails (it was a quarter of a /recommend merge)."""
-    if set(map(type, values)) == {int}:
+    one-pass conversion of a list of plain ints fails (it was a quarter of a /recommend merge). Without booleans in the
+    input (`may_hold_bools=False`, known from the JSON text), NumPy's dtype discovery is the whole type check: only a
+    flat list of ints within int64 gives int64 (a float, string, null, object, nested list or an int beyond int64 gives
+    another dtype or raises); booleans would pass as ints, so otherwise every element's type is checked first."""
+    if not may_hold_bools:
+        try:
+            arr = np.array(values)
+            if arr.dtype == np.int64 and arr.ndim == 1:
+                return arr
+        except (ValueError, OverflowError):
+            pass
+    elif set(map(type, values)) == {int}:
         try:
             return np.array(values, np.int64)
         except OverflowError:

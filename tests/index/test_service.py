@@ -5,7 +5,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from llm_i2i.eval.merge import recommend_batch
-from llm_i2i.index.service import IndexService, RequestError, ServeConfig
+from llm_i2i.index.service import IndexService, RequestError, ServeConfig, _int64_ids
 from llm_i2i.index.store import CorruptIndexError, write_index
 from tests.index.fixtures import random_neighbors
 
@@ -92,6 +92,7 @@ def test_similar_is_the_row(svc):
         ("POST", "/recommend", {}, b'{"recent_items": [1,2,3,4,5,6]}', 400, "at most M=5"),
         ("POST", "/recommend", {}, b'{"recent_items": "1,2"}', 400, "JSON list"),
         ("POST", "/recommend", {}, b'{"recent_items": [true]}', 400, "integer"),
+        ("POST", "/recommend", {}, b'{"recent_items": [{known}, false]}', 400, "integer"),  # NumPy would take it as an int
         ("POST", "/recommend", {}, b'{"recent_items": [NaN]}', 400, "not valid JSON"),  # NaN and Infinity are not JSON (RFC 8259)
         ("POST", "/recommend", {}, b'{"recent_items": [1e400]}', 400, "not valid JSON"),
         ("POST", "/recommend", {}, b'{"recent_items": [' + b"9" * 5000 + b"]}", 400, "JSON"),
@@ -150,6 +151,27 @@ def test_admin_swap_needs_token(index_dirs):
     assert svc.handle_http("POST", "/admin/swap", {}, auth, b'{"index_dir": 3}')[0] == 400
     st_ok, p_ok = svc.handle_http("POST", "/admin/swap", {}, auth, body)
     assert st_ok == 200 and p_ok["current"]["backbone"] == "bm25" == svc.version()["backbone"]
+
+
+json_values_no_bools = st.recursive(
+    st.none() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8),
+    lambda ch: st.lists(ch, max_size=4) | st.dictionaries(st.text(max_size=6), ch, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(json_values_no_bools | st.integers(-(2**64), 2**64), min_size=1, max_size=8))
+def test_int64_ids_without_bools_matches_the_per_element_check(values):
+    """The fast path (NumPy dtype discovery, taken when the JSON has no boolean) accepts and refuses exactly what the
+    per-element check does, with the same message."""
+    def run(may_hold_bools):
+        try:
+            return _int64_ids(values, may_hold_bools).tolist()
+        except RequestError as e:
+            return (e.status, str(e))
+
+    assert run(False) == run(True)
 
 
 json_values = st.recursive(

@@ -150,7 +150,7 @@ def _top_k(cand_sc, cand_idx, n, bins, out_idx, out_sc):
     return count
 
 
-ACC_LINE_ROWS = 4  # `acc` rows (2 float64) per 64-byte cache line
+ACC_LINE_ITEMS = 8  # `acc` entries (float64) per 64-byte cache line
 
 
 @numba.njit(cache=True, nogil=True)
@@ -173,22 +173,33 @@ def _stream_in(indptr, nbrs, scores, triggers, acc, bounds):
             sink += scores[p] + nbrs[p]
         if hi > lo:
             sink += scores[hi - 1] + nbrs[hi - 1]
-    if acc.shape[0] <= ACC_LINE_ROWS * visits:
-        for j in range(0, acc.shape[0], ACC_LINE_ROWS):
-            sink += acc[j, 1]
+    if acc.shape[0] <= ACC_LINE_ITEMS * visits:
+        for j in range(0, acc.shape[0], ACC_LINE_ITEMS):
+            sink += acc[j]
     return sink
 
 
+@numba.njit(inline="always")
+def _mark(marks, j):
+    """Set item j's bit in `marks`; 1 if it was clear (the item's first touch in this call), else 0."""
+    w, bit = j >> 6, np.uint64(1) << np.uint64(j & 63)
+    first = (marks[w] & bit) == np.uint64(0)
+    marks[w] |= bit
+    return first
+
+
 @numba.njit(cache=True, nogil=True)
-def _merge_one(indptr, nbrs, scores, triggers, trig_w, use_max, exclude, acc, tick, touched, cand, bins, out_idx, out_sc):
+def _merge_one(indptr, nbrs, scores, triggers, trig_w, use_max, exclude, acc, marks, touched, cand, bins, out_idx,
+               out_sc):
     """Merge the neighbour lists of `triggers` into out_idx/out_sc (length k); returns count written.
 
-    `acc` is n_items x 2 scratch, never cleared in full: column 0 is the merged score, 0 (sum) or -inf (max) between
-    calls (each call restores what it touched); column 1 == `tick` marks items touched in this call. Score and mark
-    share a cache line, which is what a serving merge waits on. Excluded items are touched first with a score no
-    finite merge can move (-inf for sum, +inf for max) and dropped before selection, so the accumulation loop has no
-    data-dependent branch (an unpredictable first-touch branch cost as much as the rest of the loop). `touched` and
-    `cand` (n_items + 1) collect the candidates; `bins` is `_top_k`'s."""
+    Scratch kept between calls, never cleared in full (each call restores what it touched): `acc` (n_items float64) is
+    the merged score, 0 (sum) or -inf (max) between calls; `marks` has one bit per item, set while the item is touched
+    in this call. A score with its mark beside it would take 16 bytes an item; 8 and a bit halve the lines a serving
+    merge streams in (`_stream_in`). Excluded items are touched first with a score no finite merge can move (-inf for
+    sum, +inf for max) and dropped before selection, so the accumulation loop has no data-dependent branch (an
+    unpredictable first-touch branch cost as much as the rest of the loop). `touched` and `cand` (n_items + 1) collect
+    the candidates; `bins` is `_top_k`'s."""
     banned = np.inf if use_max else -np.inf
     rest = -np.inf if use_max else 0.0
     bounds = np.empty((triggers.shape[0], 2), np.int64)
@@ -197,25 +208,24 @@ def _merge_one(indptr, nbrs, scores, triggers, trig_w, use_max, exclude, acc, ti
     for e in range(exclude.shape[0]):
         j = exclude[e]
         touched[n_t] = j  # `touched` has n_items + 1 slots: the write past the last unique item is harmless
-        n_t += acc[j, 1] != tick
-        acc[j, 1] = tick
-        acc[j, 0] = banned
+        n_t += _mark(marks, j)
+        acc[j] = banned
     for t in range(triggers.shape[0]):
         w = trig_w[t]
         for p in range(bounds[t, 0], bounds[t, 1]):
             j = nbrs[p]
             touched[n_t] = j
-            n_t += acc[j, 1] != tick
-            acc[j, 1] = tick
+            n_t += _mark(marks, j)
             if use_max:  # loop-invariant: hoisted by the compiler
-                acc[j, 0] = max(acc[j, 0], w * scores[p])
+                acc[j] = max(acc[j], w * scores[p])
             else:
-                acc[j, 0] += w * scores[p]
+                acc[j] += w * scores[p]
     n = 0
     for t in range(n_t):  # restore the scratch and compact the candidates (excluded ones dropped) in place
         j = touched[t]
-        s = acc[j, 0]
-        acc[j, 0] = rest
+        s = acc[j]
+        acc[j] = rest
+        marks[j >> 6] = 0  # the word's other touched items are in `touched` too
         touched[n], cand[n] = j, s
         n += s != banned
     return _top_k(cand, touched, n, bins, out_idx, out_sc)
@@ -238,31 +248,31 @@ def _recent_triggers(hist, num_triggers, seen, tick):
 
 
 @numba.njit(cache=True, nogil=True)
-def _recommend_one(indptr, nbrs, scores, hist, num_triggers, use_max, decay, exclude, acc, seen, tick, touched, cand,
-                   bins, out_idx, out_sc):
+def _recommend_one(indptr, nbrs, scores, hist, num_triggers, use_max, decay, exclude, acc, marks, seen, tick, touched,
+                   cand, bins, out_idx, out_sc):
     """One user's merge in a single compiled call (serving: a request pays one dispatch, no NumPy temporaries).
     Returns (items written, triggers used)."""
     trig = _recent_triggers(hist, num_triggers, seen, tick)
     w = np.empty(trig.shape[0], np.float64)
     for a in range(trig.shape[0]):
         w[a] = decay ** float(a)  # C pow, as Python computes decay**age (an int exponent multiplies, last bit differs)
-    m = _merge_one(indptr, nbrs, scores, trig, w, use_max, exclude, acc, tick, touched, cand, bins, out_idx, out_sc)
+    m = _merge_one(indptr, nbrs, scores, trig, w, use_max, exclude, acc, marks, touched, cand, bins, out_idx, out_sc)
     return m, trig.shape[0]
 
 
 @numba.njit(cache=True, nogil=True)
-def _recommend_batch(indptr, nbrs, scores, h_indptr, h_items, num_triggers, use_max, decay, mask, acc, seen, touched,
-                     cand, bins, out_idx, out_sc):
+def _recommend_batch(indptr, nbrs, scores, h_indptr, h_items, num_triggers, use_max, decay, mask, acc, marks, seen,
+                     touched, cand, bins, out_idx, out_sc):
     empty = np.empty(0, np.int32)
     for u in range(h_indptr.shape[0] - 1):
         hist = h_items[h_indptr[u] : h_indptr[u + 1]]
-        _recommend_one(indptr, nbrs, scores, hist, num_triggers, use_max, decay, hist if mask else empty, acc, seen, u,
-                       touched, cand, bins, out_idx[u], out_sc[u])
+        _recommend_one(indptr, nbrs, scores, hist, num_triggers, use_max, decay, hist if mask else empty, acc, marks,
+                       seen, u, touched, cand, bins, out_idx[u], out_sc[u])
 
 
 @numba.njit(cache=True, nogil=True)
 def _recommend_external(id_table, item_ids, indptr, nbrs, scores, ids, stop_on_unknown, num_triggers, use_max, decay,
-                        exclude_seen, acc, seen, tick, touched, cand, bins, out_items, out_sc):
+                        exclude_seen, acc, marks, seen, tick, touched, cand, bins, out_items, out_sc):
     """`_recommend_one` from external ids to external ids (written to out_items/out_sc, length k) in one compiled call
     that returns only counts. A serving replica runs this between long stretches of HTTP handling, with cold caches;
     each separate NumPy step (id lookup, masks, gathers, returned arrays) then cost several times its warm time.
@@ -284,19 +294,17 @@ def _recommend_external(id_table, item_ids, indptr, nbrs, scores, ids, stop_on_u
         return 0, 0, n_unknown
     recent = recent[:n]
     m, n_trig = _recommend_one(indptr, nbrs, scores, recent, num_triggers, use_max, decay,
-                               recent if exclude_seen else recent[:0], acc, seen, tick, touched, cand, bins, out_items,
-                               out_sc)
+                               recent if exclude_seen else recent[:0], acc, marks, seen, tick, touched, cand, bins,
+                               out_items, out_sc)
     for i in range(m):  # dense indices -> external ids, in place
         out_items[i] = item_ids[out_items[i]]
     return m, n_trig, n_unknown
 
 
 def _scratch(n_items: int, use_max: bool) -> tuple[np.ndarray, ...]:
-    """(acc, seen, touched, cand, bins) for `_recommend_one`, in the state it expects between calls."""
-    acc = np.empty((n_items, 2))
-    acc[:, 0] = -np.inf if use_max else 0.0
-    acc[:, 1] = -1
-    return (acc, np.full(n_items, -1, np.int64), np.empty(n_items + 1, np.int32), np.empty(n_items + 1),
+    """(acc, marks, seen, touched, cand, bins) for `_recommend_one`, in the state it expects between calls."""
+    return (np.full(n_items, -np.inf if use_max else 0.0), np.zeros(n_items // 64 + 1, np.uint64),
+            np.full(n_items, -1, np.int64), np.empty(n_items + 1, np.int32), np.empty(n_items + 1),
             np.empty(SELECT_BINS, np.int32))
 
 
@@ -357,9 +365,10 @@ class FanoutMerger:
         excl = self._no_exclusion if exclude is None else np.asarray(exclude, np.int32)
         with self._lock:
             self._tick += 1
-            acc, seen, touched, cand, bins = self._scratch
+            acc, marks, seen, touched, cand, bins = self._scratch
             m, n_trig = _recommend_one(nb.indptr, nb.neighbors, nb.scores, recent, int(num_triggers), self.use_max,
-                                       self.decay, excl, acc, seen, self._tick, touched, cand, bins, out_idx, out_sc)
+                                       self.decay, excl, acc, marks, seen, self._tick, touched, cand, bins, out_idx,
+                                       out_sc)
         return out_idx[:m], out_sc[:m], n_trig
 
     def recommend_ids(
@@ -372,9 +381,9 @@ class FanoutMerger:
         items, scores = np.empty(k, np.int64), np.empty(k, np.float64)
         with self._lock:
             self._tick += 1
-            acc, seen, touched, cand, bins = self._scratch
+            acc, marks, seen, touched, cand, bins = self._scratch
             m, n_trig, n_unknown = _recommend_external(self.id_table, nb.item_ids, nb.indptr, nb.neighbors, nb.scores,
                                                        ids, bool(stop_on_unknown), int(num_triggers), self.use_max,
-                                                       self.decay, bool(exclude_seen), acc, seen, self._tick, touched,
-                                                       cand, bins, items, scores)
+                                                       self.decay, bool(exclude_seen), acc, marks, seen, self._tick,
+                                                       touched, cand, bins, items, scores)
         return (items, scores, n_trig, n_unknown) if m == k else (items[:m], scores[:m], n_trig, n_unknown)

@@ -72,7 +72,7 @@ class I2IIndexDeployment:
         max_body = self.service.cfg.max_body_bytes
         body = b""
         if method in ("POST", "PUT", "PATCH"):
-            declared = request.headers.get("content-length")
+            declared = _content_length(scope)
             if declared is not None and (not declared.isdigit() or int(declared) > max_body):
                 return _json(413, {"error": f"body larger than {max_body} bytes (or bad Content-Length)"})
             chunks, size = [], 0
@@ -82,11 +82,11 @@ class I2IIndexDeployment:
                     return _json(413, {"error": f"body larger than {max_body} bytes"})
                 chunks.append(chunk)
             body = b"".join(chunks)
-        http = (method, path, request.query_params if scope.get("query_string") else {}, request.headers, body)
-        if path.startswith("/admin/"):  # a swap loads and hashes an index: off the serving loop
-            status, payload = await asyncio.to_thread(self.service.handle_http, *http)
+        query = request.query_params if scope.get("query_string") else {}
+        if path.startswith("/admin/"):  # a swap loads and hashes an index: off the serving loop; only admin reads headers
+            status, payload = await asyncio.to_thread(self.service.handle_http, method, path, query, request.headers, body)
         else:
-            status, payload = self.service.handle_http(*http)
+            status, payload = self.service.handle_http(method, path, query, {}, body)
         if path.rstrip("/") == "/version" and status == 200:
             payload = {**payload, "replica_id": self.replica_id, "replica_started_unix": self.started_unix}
         return _json(status, payload)
@@ -107,6 +107,15 @@ def _manifest_sha(index_dir: str) -> str | None:
 
     p = Path(index_dir) / "manifest.json"
     return sha256_file(p) if p.is_file() else None
+
+
+def _content_length(scope: dict[str, Any]) -> bytes | None:
+    """The Content-Length header straight from the ASGI scope (names are lower-case there), without building
+    Starlette's Headers object for every request."""
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return value
+    return None
 
 
 def _json(status: int, payload: dict[str, Any]) -> Response:

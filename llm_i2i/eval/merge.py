@@ -253,9 +253,10 @@ def _recommend_one(indptr, nbrs, scores, hist, num_triggers, use_max, decay, exc
     """One user's merge in a single compiled call (serving: a request pays one dispatch, no NumPy temporaries).
     Returns (items written, triggers used)."""
     trig = _recent_triggers(hist, num_triggers, seen, tick)
-    w = np.empty(trig.shape[0], np.float64)
-    for a in range(trig.shape[0]):
-        w[a] = decay ** float(a)  # C pow, as Python computes decay**age (an int exponent multiplies, last bit differs)
+    w = np.ones(trig.shape[0], np.float64)  # sum and max: weight 1 (1.0 ** age, without 100 pow calls)
+    if decay != 1.0:
+        for a in range(trig.shape[0]):
+            w[a] = decay ** float(a)  # C pow, as Python computes decay**age (an int exponent multiplies, last bit differs)
     m = _merge_one(indptr, nbrs, scores, trig, w, use_max, exclude, acc, marks, touched, cand, bins, out_idx, out_sc)
     return m, trig.shape[0]
 

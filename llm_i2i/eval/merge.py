@@ -232,27 +232,28 @@ def _merge_one(indptr, nbrs, scores, triggers, trig_w, use_max, exclude, acc, ma
 
 
 @numba.njit(cache=True, nogil=True)
-def _recent_triggers(hist, num_triggers, seen, tick):
-    """The last `num_triggers` distinct items of `hist`, most recent first."""
+def _recent_triggers(hist, num_triggers, marks):
+    """The last `num_triggers` distinct items of `hist`, most recent first (de-duplicated on `marks`, which it leaves
+    clear)."""
     out = np.empty(min(num_triggers, hist.shape[0]), np.int64)
     n = 0
     for p in range(hist.shape[0] - 1, -1, -1):
         if n >= out.shape[0]:
             break
         j = hist[p]
-        if seen[j] != tick:
-            seen[j] = tick
-            out[n] = j
-            n += 1
+        out[n] = j
+        n += _mark(marks, j)
+    for t in range(n):
+        marks[out[t] >> 6] = 0
     return out[:n]
 
 
 @numba.njit(cache=True, nogil=True)
-def _recommend_one(indptr, nbrs, scores, hist, num_triggers, use_max, decay, exclude, acc, marks, seen, tick, touched,
-                   cand, bins, out_idx, out_sc):
+def _recommend_one(indptr, nbrs, scores, hist, num_triggers, use_max, decay, exclude, acc, marks, touched, cand, bins,
+                   out_idx, out_sc):
     """One user's merge in a single compiled call (serving: a request pays one dispatch, no NumPy temporaries).
     Returns (items written, triggers used)."""
-    trig = _recent_triggers(hist, num_triggers, seen, tick)
+    trig = _recent_triggers(hist, num_triggers, marks)
     w = np.ones(trig.shape[0], np.float64)  # sum and max: weight 1 (1.0 ** age, without 100 pow calls)
     if decay != 1.0:
         for a in range(trig.shape[0]):
@@ -262,18 +263,18 @@ def _recommend_one(indptr, nbrs, scores, hist, num_triggers, use_max, decay, exc
 
 
 @numba.njit(cache=True, nogil=True)
-def _recommend_batch(indptr, nbrs, scores, h_indptr, h_items, num_triggers, use_max, decay, mask, acc, marks, seen,
-                     touched, cand, bins, out_idx, out_sc):
+def _recommend_batch(indptr, nbrs, scores, h_indptr, h_items, num_triggers, use_max, decay, mask, acc, marks, touched,
+                     cand, bins, out_idx, out_sc):
     empty = np.empty(0, np.int32)
     for u in range(h_indptr.shape[0] - 1):
         hist = h_items[h_indptr[u] : h_indptr[u + 1]]
         _recommend_one(indptr, nbrs, scores, hist, num_triggers, use_max, decay, hist if mask else empty, acc, marks,
-                       seen, u, touched, cand, bins, out_idx[u], out_sc[u])
+                       touched, cand, bins, out_idx[u], out_sc[u])
 
 
 @numba.njit(cache=True, nogil=True)
 def _recommend_external(id_table, item_ids, indptr, nbrs, scores, ids, stop_on_unknown, num_triggers, use_max, decay,
-                        exclude_seen, acc, marks, seen, tick, touched, cand, bins, out_items, out_sc):
+                        exclude_seen, acc, marks, touched, cand, bins, out_items, out_sc):
     """`_recommend_one` from external ids to external ids (written to out_items/out_sc, length k) in one compiled call
     that returns only counts. A serving replica runs this between long stretches of HTTP handling, with cold caches;
     each separate NumPy step (id lookup, masks, gathers, returned arrays) then cost several times its warm time.
@@ -295,18 +296,17 @@ def _recommend_external(id_table, item_ids, indptr, nbrs, scores, ids, stop_on_u
         return 0, 0, n_unknown
     recent = recent[:n]
     m, n_trig = _recommend_one(indptr, nbrs, scores, recent, num_triggers, use_max, decay,
-                               recent if exclude_seen else recent[:0], acc, marks, seen, tick, touched, cand, bins,
-                               out_items, out_sc)
+                               recent if exclude_seen else recent[:0], acc, marks, touched, cand, bins, out_items,
+                               out_sc)
     for i in range(m):  # dense indices -> external ids, in place
         out_items[i] = item_ids[out_items[i]]
     return m, n_trig, n_unknown
 
 
 def _scratch(n_items: int, use_max: bool) -> tuple[np.ndarray, ...]:
-    """(acc, marks, seen, touched, cand, bins) for `_recommend_one`, in the state it expects between calls."""
+    """(acc, marks, touched, cand, bins) for `_recommend_one`, in the state it expects between calls."""
     return (np.full(n_items, -np.inf if use_max else 0.0), np.zeros(n_items // 64 + 1, np.uint64),
-            np.full(n_items, -1, np.int64), np.empty(n_items + 1, np.int32), np.empty(n_items + 1),
-            np.empty(SELECT_BINS, np.int32))
+            np.empty(n_items + 1, np.int32), np.empty(n_items + 1), np.empty(SELECT_BINS, np.int32))
 
 
 def _mode(how: str, decay: float) -> tuple[bool, float]:
@@ -351,7 +351,6 @@ class FanoutMerger:
         self.use_max, self.decay = _mode(how, decay)
         self._scratch = _scratch(neighbors.n_items, self.use_max)
         self._no_exclusion = np.empty(0, np.int32)
-        self._tick = 0
         self._lock = threading.Lock()
 
     def recommend(
@@ -365,11 +364,9 @@ class FanoutMerger:
         recent = np.asarray(recent, np.int32)
         excl = self._no_exclusion if exclude is None else np.asarray(exclude, np.int32)
         with self._lock:
-            self._tick += 1
-            acc, marks, seen, touched, cand, bins = self._scratch
+            acc, marks, touched, cand, bins = self._scratch
             m, n_trig = _recommend_one(nb.indptr, nb.neighbors, nb.scores, recent, int(num_triggers), self.use_max,
-                                       self.decay, excl, acc, marks, seen, self._tick, touched, cand, bins, out_idx,
-                                       out_sc)
+                                       self.decay, excl, acc, marks, touched, cand, bins, out_idx, out_sc)
         return out_idx[:m], out_sc[:m], n_trig
 
     def recommend_ids(
@@ -381,10 +378,9 @@ class FanoutMerger:
         nb = self.neighbors
         items, scores = np.empty(k, np.int64), np.empty(k, np.float64)
         with self._lock:
-            self._tick += 1
-            acc, marks, seen, touched, cand, bins = self._scratch
+            acc, marks, touched, cand, bins = self._scratch
             m, n_trig, n_unknown = _recommend_external(self.id_table, nb.item_ids, nb.indptr, nb.neighbors, nb.scores,
                                                        ids, bool(stop_on_unknown), int(num_triggers), self.use_max,
-                                                       self.decay, bool(exclude_seen), acc, marks, seen, self._tick,
-                                                       touched, cand, bins, items, scores)
+                                                       self.decay, bool(exclude_seen), acc, marks, touched, cand,
+                                                       bins, items, scores)
         return (items, scores, n_trig, n_unknown) if m == k else (items[:m], scores[:m], n_trig, n_unknown)

@@ -9,7 +9,7 @@ loaded and verified before it replaces the old one, and a refused one leaves the
 Ingress: Serve's HTTP proxy (default) or direct ingress (`ServeConfig.ingress = "direct"`: each replica serves HTTP on
 its own port, listed by `replica_urls`; the cluster must start with `ray_env(cfg)` in its environment).
 
-No request batching: a /recommend merge (M=100, K=200) costs ~40-60 us in-process, less than the replica's own HTTP
+No request batching: a /recommend merge (M=100, K=200) costs ~50-80 us in-process, less than the replica's own HTTP
 handling of the request, and both are paid per request whether batched or not (benchmarks/results/serve_load*.md),
 so batching could only add queueing delay.
 """

@@ -153,11 +153,16 @@ def test_admin_swap_needs_token(index_dirs):
     assert st_ok == 200 and p_ok["current"]["backbone"] == "bm25" == svc.version()["backbone"]
 
 
-json_values_no_bools = st.recursive(
-    st.none() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8),
-    lambda ch: st.lists(ch, max_size=4) | st.dictionaries(st.text(max_size=6), ch, max_size=4),
-    max_leaves=12,
-)
+def json_trees(scalars):
+    """Small JSON documents (lists and objects nested a few levels) with `scalars` at the leaves."""
+    def containers(ch):
+        return st.lists(ch, max_size=4) | st.dictionaries(st.text(max_size=6), ch, max_size=4)
+
+    return st.recursive(scalars, containers, max_leaves=12)
+
+
+json_values_no_bools = json_trees(
+    st.none() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8))
 
 
 @settings(max_examples=400, deadline=None)
@@ -174,11 +179,7 @@ def test_int64_ids_without_bools_matches_the_per_element_check(values):
     assert run(False) == run(True)
 
 
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=8),
-    lambda ch: st.lists(ch, max_size=4) | st.dictionaries(st.text(max_size=6), ch, max_size=4),
-    max_leaves=12,
-)
+json_values = json_trees(st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=8))
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

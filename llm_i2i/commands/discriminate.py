@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from llm_i2i.commands.generate import add_inference_arguments, load_stage_config, report
+from llm_i2i.commands._common import load_command_config
+from llm_i2i.commands.generate import add_inference_arguments, report
 
 NAME = "discriminate"
 HELP = "add a confidence column (P(Yes)) to a Parquet file of (user_id, item_id[, position]) pairs"
@@ -19,5 +20,5 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from llm_i2i.llm.discriminate import DiscriminateConfig, run_discriminate
 
-    cfg = load_stage_config(DiscriminateConfig, args)
+    cfg = load_command_config(DiscriminateConfig, args, args.command)
     return report(run_discriminate(cfg, args.checkpoint, args.data, args.pairs, args.out))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from llm_i2i.config import load_config
+from llm_i2i.commands._common import load_command_config
 from llm_i2i.progress import log
 
 NAME = "generate"
@@ -19,17 +19,6 @@ def add_inference_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output Parquet file")
     p.add_argument("--config", help="YAML with the config's fields (top level, or under a section named like the command)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field (repeatable)")
-
-
-def load_stage_config(cls, args: argparse.Namespace):
-    section = None
-    if args.config:
-        import yaml
-        from pathlib import Path
-
-        loaded = yaml.safe_load(Path(args.config).read_text()) or {}
-        section = args.command if isinstance(loaded, dict) and args.command in loaded else None
-    return load_config(cls, args.config, args.set, section=section)
 
 
 def report(stats: dict) -> int:
@@ -46,5 +35,5 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from llm_i2i.llm.generate import GenerateConfig, run_generate
 
-    cfg = load_stage_config(GenerateConfig, args)
+    cfg = load_command_config(GenerateConfig, args, args.command)
     return report(run_generate(cfg, args.checkpoint, args.data, args.out))

@@ -13,7 +13,7 @@ import argparse
 import os
 import time
 
-from llm_i2i.config import load_config
+from llm_i2i.commands._common import load_command_config
 from llm_i2i.index.service import ServeConfig
 from llm_i2i.index.store import load_index
 from llm_i2i.progress import log
@@ -38,14 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def resolve_config(args: argparse.Namespace) -> ServeConfig:
-    section = None
-    if args.config:
-        import yaml
-        from pathlib import Path
-
-        loaded = yaml.safe_load(Path(args.config).read_text()) or {}
-        section = "serve" if isinstance(loaded, dict) and "serve" in loaded else None
-    cfg = load_config(ServeConfig, args.config, args.set, section=section)
+    cfg = load_command_config(ServeConfig, args, "serve")
     for field, value in (("index_dir", args.index), ("host", args.host), ("port", args.port), ("replicas", args.replicas),
                          ("ingress", args.ingress)):
         if value is not None:

@@ -21,16 +21,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import yaml
-
-    from llm_i2i.config import load_config
+    from llm_i2i.commands._common import load_command_config
     from llm_i2i.llm.sft import SFTConfig, run_sft
 
-    section = None
-    if args.config:
-        loaded = yaml.safe_load(Path(args.config).read_text()) or {}
-        section = "sft" if isinstance(loaded, dict) and "sft" in loaded else None
-    cfg = load_config(SFTConfig, args.config, [f"role={args.role}", *args.set], section=section)
+    cfg = load_command_config(SFTConfig, args, "sft", [f"role={args.role}"])
     out = run_sft(cfg, Path(args.data), Path(args.out))
     if out is None:
         log.info(f"stopped early as asked; run the same command again to resume into {args.out}")

@@ -5,7 +5,7 @@ one random, or Swing-hard, negative) with content features of the candidate agai
 category-path overlap, attribute (brand/category id) Jaccard, brand-word match, and their rank-sum. A reference
 for the discriminator's AUC target: what the item metadata a prompt can show is worth without any model.
 
-  python benchmarks/disc_content_features.py --datasets Beauty Toys_and_Games
+  python -m benchmarks.disc_content_features --datasets Beauty Toys_and_Games
 Writes benchmarks/results/disc_content_features.{json,md}.
 """
 
@@ -13,21 +13,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 from scipy.stats import rankdata
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from llm_i2i.data import load_dataset  # noqa: E402
-from llm_i2i.data.split import leave_one_out  # noqa: E402
-from llm_i2i.io import write_json, write_text  # noqa: E402
-from llm_i2i.llm.sft import _swing_neighbors, auc_pairs, roc_auc  # noqa: E402
+from benchmarks._common import DATA_ROOT, RESULTS, provenance, run_locked, run_record, write_result
+from llm_i2i.data import load_dataset
+from llm_i2i.data.split import leave_one_out
+from llm_i2i.llm.sft import _swing_neighbors, auc_pairs, roc_auc
 
 FEATURES = ("category_path_overlap", "attribute_jaccard", "brand_word_match")
 
@@ -72,21 +67,18 @@ def run(root: Path, name: str) -> dict:
     return res
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-root", default=str(REPO.parent / "shared" / "data"))
+    p.add_argument("--data-root", default=str(DATA_ROOT))
     p.add_argument("--datasets", nargs="+", default=["Beauty", "Toys_and_Games"])
-    p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "disc_content_features"))
-    args = p.parse_args()
+    p.add_argument("--out", default=str(RESULTS / "disc_content_features"), help="writes OUT.json and OUT.md")
+    args = p.parse_args(argv)
+    report = run_record("disc_content_features", argv)
     t0 = time.perf_counter()
-    results = {name: run(Path(args.data_root), name) for name in args.datasets}
-    report = {"command": "python benchmarks/disc_content_features.py --datasets " + " ".join(args.datasets),
-              "machine": {"platform": platform.platform(), "python": platform.python_version()},
-              "results": results, "seconds": time.perf_counter() - t0}
-    out = Path(args.out)
-    write_json(report, out.with_suffix(".json"))
-    lines = ["# Content features alone on the discriminator's validation pairs", "",
-             f"Command: `{report['command']}` ({report['seconds']:.0f} s). Pairs: `auc_pairs` (validation item vs one "
+    report["results"] = results = {name: run(Path(args.data_root), name) for name in args.datasets}
+    report["seconds"] = time.perf_counter() - t0
+    lines = ["# Content features alone on the discriminator's validation pairs", "", provenance(report), "",
+             f"{report['seconds']:.0f} s. Pairs: `auc_pairs` (validation item vs one "
              "random or Swing-hard negative per user, seed 0), the same pairs as the discriminator's ROC-AUC. "
              "Features: the candidate against the user's last <= 10 items.", "",
              "| dataset | negatives | " + " | ".join(FEATURES) + " | rank-sum of the three |",
@@ -94,10 +86,10 @@ def main() -> int:
     for name, r in results.items():
         for neg, x in r.items():
             lines.append(f"| {name} | {neg} | " + " | ".join(f"{x['auc'][k]:.3f}" for k in (*FEATURES, "rank_sum")) + " |")
-    write_text("\n".join(lines) + "\n", out.with_suffix(".md"))
+    write_result(args.out, report, "\n".join(lines))
     print("\n".join(lines))
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_locked(main))

@@ -3,7 +3,7 @@
 Needs a CUDA machine with the project's [gpu] extra (vLLM) installed and an llm-i2i checkpoint (the
 output of `llm-i2i sft`, e.g. a Llama-2-7B generator) plus the canonical dataset it was trained on:
 
-    python benchmarks/gpu_llm.py --checkpoint /models/beauty-generator --data /data/beauty-canonical \
+    python -m benchmarks.gpu_llm --checkpoint /models/beauty-generator --data /data/beauty-canonical \
         [--users 5000] [--recall 50] [--engines hf,vllm] [--hf-batch 64] [--tag gpu_llm]
 
 Both engines run in this process on the same GPU, one after the other (the HF model is freed before vLLM
@@ -16,21 +16,14 @@ from __future__ import annotations
 
 import argparse
 import gc
-import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from llm_i2i.io import write_json, write_text  # noqa: E402
-from llm_i2i.llm.discriminate import DiscriminateConfig, run_discriminate  # noqa: E402
-from llm_i2i.llm.generate import GenerateConfig, run_generate  # noqa: E402
-from llm_i2i.progress import setup_logging  # noqa: E402
-
-RESULTS = REPO / "benchmarks" / "results"
+from benchmarks._common import provenance, run_locked, run_record, write_result
+from llm_i2i.llm.discriminate import DiscriminateConfig, run_discriminate
+from llm_i2i.llm.generate import GenerateConfig, run_generate
+from llm_i2i.progress import setup_logging
 
 
 def gpu_name() -> str:
@@ -84,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     setup_logging()
     gpu = gpu_name()
-    command = "python benchmarks/gpu_llm.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    record = run_record("gpu_llm", argv)
     res = {}
     with tempfile.TemporaryDirectory() as tmp:
         for engine in args.engines.split(","):
@@ -95,19 +88,18 @@ def main(argv: list[str] | None = None) -> int:
     for r in res.values():
         r["generate_ratio_vs_hf"] = r["generate_users_per_s"] / ref["generate_users_per_s"]
         r["discriminate_ratio_vs_hf"] = r["discriminate_pairs_per_s"] / ref["discriminate_pairs_per_s"]
-    write_json({"command": command, "machine": platform.platform(), "gpu": gpu, "checkpoint": args.checkpoint,
-                "results": res}, RESULTS / f"{args.tag}.json")
-    lines = ["# LLM batch inference on GPU: vLLM vs HF", "", f"GPU: {gpu}; machine {platform.platform()}. "
-             f"Checkpoint `{args.checkpoint}`. Command: `{command}`.", "",
+    record.update({"gpu": gpu, "checkpoint": args.checkpoint, "results": res})
+    lines = ["# LLM batch inference on GPU: vLLM vs HF", "", provenance(record), "",
+             f"GPU: {gpu}. Checkpoint `{args.checkpoint}`.", "",
              "| engine | generate users/s | ratio vs hf | discriminate pairs/s | ratio vs hf | error rows |",
              "|---|---|---|---|---|---|"]
     for name, r in res.items():
         lines.append(f"| {name} | {r['generate_users_per_s']:,.1f} | {r['generate_ratio_vs_hf']:.2f} | "
                      f"{r['discriminate_pairs_per_s']:,.1f} | {r['discriminate_ratio_vs_hf']:.2f} | {r['error_rows']} |")
-    write_text("\n".join(lines) + "\n", RESULTS / f"{args.tag}.md")
+    write_result(args.tag, record, "\n".join(lines))
     print("\n".join(lines))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(run_locked(main))

@@ -5,7 +5,7 @@ in-process when `vllm` is importable (run this script from the vLLM venv, see re
 to get all of them). The model is the project's default small Llama (`ModelConfig()` defaults) with a
 tokenizer for the dataset's items; weights are random: throughput does not depend on training.
 
-    python benchmarks/llm_inference.py [--data DATASET] [--users 600] [--recall 10]
+    python -m benchmarks.llm_inference [--data DATASET] [--users 600] [--recall 10]
 Writes benchmarks/results/llm_inference.{json,md} (or --tag).
 """
 
@@ -13,22 +13,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from llm_i2i.data import load_dataset, save_dataset  # noqa: E402
-from llm_i2i.io import write_json, write_text  # noqa: E402
-from llm_i2i.llm.discriminate import DiscriminateConfig, run_discriminate  # noqa: E402
-from llm_i2i.llm.generate import GenerateConfig, run_generate  # noqa: E402
-from llm_i2i.progress import log, setup_logging  # noqa: E402
-
-RESULTS = REPO / "benchmarks" / "results"
+from benchmarks._common import provenance, run_locked, run_record, write_result
+from llm_i2i.data import load_dataset, save_dataset
+from llm_i2i.llm.discriminate import DiscriminateConfig, run_discriminate
+from llm_i2i.llm.generate import GenerateConfig, run_generate
+from llm_i2i.progress import log, setup_logging
 
 
 def build_checkpoint(items, out: Path) -> str:
@@ -67,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tag", default="llm_inference")
     args = p.parse_args(argv)
     setup_logging()
-    command = "python " + " ".join([f"benchmarks/{Path(__file__).name}", *(argv if argv is not None else sys.argv[1:])])
+    record = run_record("llm_inference", argv)
     try:
         import vllm  # noqa: F401
 
@@ -78,7 +72,6 @@ def main(argv: list[str] | None = None) -> int:
 
     cpus = os.cpu_count() or 2
     ray.init(address="local", num_cpus=cpus, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
-    load_before = os.getloadavg()
     ds = load_dataset(args.data)
     res: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -109,17 +102,13 @@ def main(argv: list[str] | None = None) -> int:
         if "error" not in r:
             r["generate_ratio_vs_reference"] = r["generate_users_per_s"] / ref["generate_users_per_s"]
             r["discriminate_ratio_vs_reference"] = r["discriminate_pairs_per_s"] / ref["discriminate_pairs_per_s"]
-    payload = {"command": command, "machine": platform.platform(), "cpu_count": cpus, "gpu": None,
-               "python": sys.executable, "vllm_available": vllm_ok,
-               "load_average_1_5_15_before": load_before, "load_average_1_5_15_after": os.getloadavg(), "dataset": ds.name, "model_params": n_params,
-               "recall_number": args.recall, "batch_size": args.batch_size, "results": res}
-    write_json(payload, RESULTS / f"{args.tag}.json")
+    record.update({"python": sys.executable, "vllm_available": vllm_ok, "dataset": ds.name, "model_params": n_params,
+                   "recall_number": args.recall, "batch_size": args.batch_size, "results": res})
     lines = [
-        "# LLM batch inference throughput (CPU)", "",
-        f"Machine: {platform.platform()}, {cpus} CPU cores (shared with other jobs), no GPU. Dataset: {ds.name}; "
-        f"model: default `ModelConfig()` Llama, {n_params:,} parameters, random weights. Command: `{command}` "
-        f"(interpreter `{sys.executable}`). Load average (1 min) before/after: {load_before[0]:.1f} / "
-        f"{os.getloadavg()[0]:.1f} (above {cpus} means other jobs shared the cores).", "",
+        "# LLM batch inference throughput (CPU)", "", provenance(record), "",
+        f"Dataset: {ds.name}; model: default `ModelConfig()` Llama, {n_params:,} parameters, random weights "
+        f"(interpreter `{sys.executable}`). Load average (1 min) at the end: {os.getloadavg()[0]:.1f} "
+        f"(above {cpus} means other jobs shared the cores).", "",
         "Rates count only the inference pass (engine load + Ray start-up included for actors, dataset load excluded); "
         "ratios are against the in-process HF reference of this same run.", "",
         "| variant | generate users/s | ratio | discriminate pairs/s | ratio | error rows |", "|---|---|---|---|---|---|",
@@ -130,10 +119,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             lines.append(f"| {name} | {r['generate_users_per_s']:,.1f} | {r['generate_ratio_vs_reference']:.2f} | "
                          f"{r['discriminate_pairs_per_s']:,.1f} | {r['discriminate_ratio_vs_reference']:.2f} | {r['error_rows']} |")
-    write_text("\n".join(lines) + "\n", RESULTS / f"{args.tag}.md")
+    write_result(args.tag, record, "\n".join(lines))
     print("\n".join(lines))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(run_locked(main))

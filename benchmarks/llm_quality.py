@@ -7,7 +7,7 @@ For each dataset: SFT the generator with alpha=4 (paper) and alpha=1 (ablation),
   * Swing, 'paper' preset (M=1 trigger, no masking) and the same with history masked,
 and the discriminator's ROC-AUC on held-out validation positives vs random and vs Swing-hard negatives.
 
-    flock /tmp/llm_i2i_heavy.lock .venv/bin/python benchmarks/llm_quality.py --datasets Beauty Toys_and_Games
+    python -m benchmarks.llm_quality --datasets Beauty Toys_and_Games
 Results: benchmarks/results/<--tag>.{md,json} (after every run); checkpoints: out/llm/<Dataset>/<run>/ (a finished
 run with the same config is reused, an interrupted one resumes). `--datasets synthetic` uses the embedded dataset.
 """
@@ -15,25 +15,18 @@ run with the same config is reused, an interrupted one resumes). `--datasets syn
 from __future__ import annotations
 
 import argparse
-import platform
-import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from llm_i2i.config import load_config, to_dict  # noqa: E402
-from llm_i2i.data import leave_one_out, load_dataset, save_dataset  # noqa: E402
-from llm_i2i.eval.evaluate import evaluate_neighbors  # noqa: E402
-from llm_i2i.eval.protocol import EvalConfig  # noqa: E402
-from llm_i2i.i2i.swing import Swing  # noqa: E402
-from llm_i2i.io import write_json, write_text  # noqa: E402
-from llm_i2i.llm.modeling import load_checkpoint  # noqa: E402
-from llm_i2i.llm.sft import SFTConfig, discriminator_auc, evaluate_generator, run_sft  # noqa: E402
-from llm_i2i.progress import log, setup_logging  # noqa: E402
-
-RESULTS = REPO / "benchmarks" / "results"
+from benchmarks._common import DATA_ROOT, REPO, provenance, run_locked, run_record, write_result
+from llm_i2i.config import load_config, to_dict
+from llm_i2i.data import leave_one_out, load_dataset, save_dataset
+from llm_i2i.eval.evaluate import evaluate_neighbors
+from llm_i2i.eval.protocol import EvalConfig
+from llm_i2i.i2i.swing import Swing
+from llm_i2i.llm.modeling import load_checkpoint
+from llm_i2i.llm.sft import SFTConfig, discriminator_auc, evaluate_generator, run_sft
+from llm_i2i.progress import log, setup_logging
 
 
 def _pick(m: dict) -> dict:
@@ -141,9 +134,8 @@ def reference_aucs(canon: Path, generator: Path, discriminator: Path | None = No
     return out
 
 
-def to_markdown(all_res: list[dict], command: str, seconds: float) -> str:
-    lines = ["# LLM generator / discriminator quality (CPU, default small model)", "",
-             f"Machine: {platform.processor() or platform.machine()}, 2 CPU cores shared, no GPU. Command: `{command}`. "
+def to_markdown(all_res: list[dict], record: dict, seconds: float) -> str:
+    lines = ["# LLM generator / discriminator quality (CPU, default small model)", "", provenance(record), "",
              f"Total {seconds:,.0f}s.", "",
              "Protocol: leave-one-out, TEST split, full ranking, Recall@10 = hit@10. Generator: top-10 from the user's "
              "last <= 10 items (items[:-1]); Swing: 'paper' preset (fitted on items[:-2], trigger = last item, M=1). "
@@ -186,26 +178,24 @@ def to_markdown(all_res: list[dict], command: str, seconds: float) -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data-root", default=str(REPO.parent / "shared" / "data"))
+    p.add_argument("--data-root", default=str(DATA_ROOT))
     p.add_argument("--datasets", nargs="+", default=["Beauty", "Toys_and_Games"])
     p.add_argument("--runs", nargs="+", default=["generator_a4", "discriminator", "generator_a1"])
     p.add_argument("--set", action="append", default=[], help="SFTConfig override for every run")
     p.add_argument("--disc-set", action="append", default=[], help="override for discriminator runs only (wins)")
     p.add_argument("--suffix", default="", help="appended to run names / checkpoint dirs (variants of a run)")
     p.add_argument("--tag", default="llm_quality")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     setup_logging()
     t0 = time.perf_counter()
-    command = " ".join(["python", *sys.argv])
     results: list[dict] = []
+    record = {**run_record("llm_quality", argv), "results": results}
 
     def save() -> None:  # after every run, so a time-boxed job still leaves its numbers
-        payload = {"command": command, "machine": platform.platform(), "results": results,
-                   "seconds": time.perf_counter() - t0}
-        write_json(payload, RESULTS / f"{args.tag}.json")
-        write_text(to_markdown(results, command, time.perf_counter() - t0), RESULTS / f"{args.tag}.md")
+        record["seconds"] = time.perf_counter() - t0
+        write_result(args.tag, record, to_markdown(results, record, record["seconds"]))
 
     for name in args.datasets:
         results.append({})
@@ -214,4 +204,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(run_locked(main))

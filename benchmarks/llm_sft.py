@@ -6,7 +6,7 @@ GPU (`--gpu --base-model /path/to/Llama-2-7b-hf`): the same comparison on a pret
 bf16 + FlashAttention-2 (ModelConfig.attn_implementation='auto') and DeepSpeed ZeRO-2 over NCCL, one worker per
 GPU (`--gpu-workers`). Nothing here needs network access.
 
-    flock /tmp/llm_i2i_heavy.lock .venv/bin/python benchmarks/llm_sft.py --users 3000
+    python -m benchmarks.llm_sft --users 3000
 Results: benchmarks/results/llm_sft.{md,json}
 """
 
@@ -14,23 +14,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from llm_i2i.config import load_config, to_dict  # noqa: E402
-from llm_i2i.data import load_dataset, save_dataset  # noqa: E402
-from llm_i2i.data.readers import Dataset  # noqa: E402
-from llm_i2i.io import write_json, write_text  # noqa: E402
-from llm_i2i.llm.modeling import load_checkpoint  # noqa: E402
-from llm_i2i.llm.sft import SFTConfig, run_sft  # noqa: E402
-from llm_i2i.progress import setup_logging  # noqa: E402
-
-RESULTS = REPO / "benchmarks" / "results"
+from benchmarks._common import DATA_ROOT, REPO, provenance, run_locked, run_record, write_result
+from llm_i2i.config import load_config, to_dict
+from llm_i2i.data import Dataset, load_dataset, save_dataset
+from llm_i2i.llm.modeling import load_checkpoint
+from llm_i2i.llm.sft import SFTConfig, run_sft
+from llm_i2i.progress import setup_logging
 
 
 def subset(name: str, data_root: Path, users: int) -> Path:
@@ -60,17 +52,18 @@ def measure(cfg: SFTConfig, data: Path, out: Path) -> dict:
             "valid_metrics": manifest["metrics"], "config": to_dict(cfg)}
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data-root", default=str(REPO.parent / "shared" / "data"))
+    p.add_argument("--data-root", default=str(DATA_ROOT))
     p.add_argument("--dataset", default="Beauty")
     p.add_argument("--users", type=int, default=3000)
     p.add_argument("--gpu", action="store_true", help="GPU path: needs --base-model and CUDA")
     p.add_argument("--base-model", help="local HF checkpoint (e.g. Llama-2-7b-hf) for the GPU path")
     p.add_argument("--gpu-workers", type=int, default=1)
     p.add_argument("--set", action="append", default=[])
-    args = p.parse_args()
+    args = p.parse_args(argv)
     setup_logging()
+    record = run_record("llm_sft", argv)
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions"))
     data = subset(args.dataset, Path(args.data_root), args.users)
     common = ["epochs=1", "eval_users=500", *args.set]
@@ -90,22 +83,17 @@ def main() -> int:
         cfg = load_config(SFTConfig, None, [*common, *sets])
         res[name] = measure(cfg, data, REPO / "out" / "bench" / "llm_sft" / name)
     ref = res[next(iter(variants))]["tokens_per_s"]
-    command = " ".join(["python", *sys.argv])
-    payload = {"command": command, "machine": platform.platform(), "cpu_count": os.cpu_count(), "gpu": args.gpu,
-               "dataset": str(data), "results": res, "seconds": time.perf_counter() - t0}
+    record.update({"gpu": args.gpu, "dataset": str(data), "results": res, "seconds": time.perf_counter() - t0})
     tag = "llm_sft_gpu" if args.gpu else "llm_sft"
-    write_json(payload, RESULTS / f"{tag}.json")
-    lines = [f"# SFT throughput ({'GPU' if args.gpu else 'CPU'})", "",
-             f"Machine: {platform.platform()}, {os.cpu_count()} CPU cores (shared), GPU: {args.gpu}. Data: `{data}`. "
-             f"Command: `{command}`.", "",
+    lines = [f"# SFT throughput ({'GPU' if args.gpu else 'CPU'})", "", provenance(record), "", f"Data: `{data}`.", "",
              "| variant | tokens/s | ratio vs first | wall s (incl. startup + validation) | valid R@10 |", "|---|---|---|---|---|"]
     for name, r in res.items():
         lines.append(f"| {name} | {r['tokens_per_s']:,.0f} | {r['tokens_per_s'] / ref:.2f} | {r['wall_seconds']:.0f} | "
                      f"{r['valid_metrics'].get('valid_recall@10', float('nan')):.4f} |")
-    write_text("\n".join(lines) + "\n", RESULTS / f"{tag}.md")
+    write_result(tag, record, "\n".join(lines))
     print("\n".join(lines))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(run_locked(main))

@@ -1,7 +1,7 @@
 """The paper's no-augmentation baselines: Table 2 (Swing, BM25, BPR, YoutubeDNN on Beauty and Toys,
 R@5/R@10/N@5/N@10) and Table 4 (long-tail vs non-long-tail targets), under both evaluation presets.
 
-    flock /tmp/llm_i2i_heavy.lock .venv/bin/python benchmarks/paper_baselines.py
+    python -m benchmarks.paper_baselines
 
 Every backbone is fitted on each user's items[:-2] (YoutubeDNN early-stops on the items[-2] targets)
 with its default config, then scored on the test split under preset 'paper' (M=1 trigger, history not
@@ -16,26 +16,20 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import shlex
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.paper_tables import PAPER  # noqa: E402  (the one place the paper's numbers live)
-from llm_i2i.data import leave_one_out, load_dataset  # noqa: E402
-from llm_i2i.data.longtail import long_tail_mask  # noqa: E402
-from llm_i2i.eval.evaluate import evaluate_topk, recommend_for_split  # noqa: E402
-from llm_i2i.eval.metrics import hit_ranks, rank_metrics  # noqa: E402
-from llm_i2i.eval.protocol import EvalConfig  # noqa: E402
-from llm_i2i.i2i import make_backbone  # noqa: E402
-from llm_i2i.io import write_json, write_text  # noqa: E402
-from llm_i2i.progress import log, setup_logging  # noqa: E402
+from benchmarks._common import DATA_ROOT, RESULTS, provenance, run_locked, run_record, write_result
+from benchmarks.paper_tables import PAPER  # the one place the paper's numbers live
+from llm_i2i.data import leave_one_out, load_dataset
+from llm_i2i.data.longtail import long_tail_mask
+from llm_i2i.eval.evaluate import evaluate_topk, recommend_for_split
+from llm_i2i.eval.metrics import hit_ranks, rank_metrics
+from llm_i2i.eval.protocol import EvalConfig
+from llm_i2i.i2i import make_backbone
+from llm_i2i.progress import log, setup_logging
 
 MODELS = ("swing", "bm25", "bpr", "youtubednn")
 DATASETS = ("Beauty", "Toys_and_Games")
@@ -81,24 +75,13 @@ def gap(ours: float, paper: float | None) -> float | None:
     return None if paper is None else 100.0 * (ours - paper) / paper
 
 
-def machine() -> dict:
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor())
-    mem_kb = next(int(ln.split()[1]) for ln in Path("/proc/meminfo").read_text().splitlines() if ln.startswith("MemTotal"))
-    return {"nproc": len(os.sched_getaffinity(0)), "cpu": cpu, "ram_gib": round(mem_kb / 2**20, 1),
-            "platform": platform.platform(), "python": platform.python_version()}
-
-
 def f4(x: float | None) -> str:
     return NOT_AVAILABLE if x is None else f"{x:.4f}"
 
 
 def render(res: dict) -> str:
-    m = res["machine"]
     out = [
-        "# Paper baselines (no augmentation): Table 2 and Table 4", "",
-        f"Command: `{res['command']}`  ",
-        f"Machine: {m['nproc']} CPUs ({m['cpu']}), {m['ram_gib']} GiB RAM, {m['platform']}; finished {res['finished_utc']} UTC.  ",
+        "# Paper baselines (no augmentation): Table 2 and Table 4", "", provenance(res), "",
         "Load average (1/5/15 min) at start {:.2f} / {:.2f} / {:.2f}, at end {:.2f} / {:.2f} / {:.2f} "
         "(the machine is shared: fit times are only comparable within this run).".format(
             *res["load_average_at_start"], *res["load_average_at_end"]), "",
@@ -148,19 +131,18 @@ def render(res: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data"))
+    p.add_argument("--data-root", default=str(DATA_ROOT))
     p.add_argument("--datasets", default=",".join(DATASETS))
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--set", action="append", default=[], metavar="MODEL.KEY=VALUE", help="backbone config override")
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "paper_baselines"), help="writes OUT.md and OUT.json")
+    p.add_argument("--out", default=str(RESULTS / "paper_baselines"), help="writes OUT.md and OUT.json")
     args = p.parse_args(argv)
     setup_logging()
     overrides: dict[str, list[str]] = {}
     for s in args.set:
         model, kv = s.split(".", 1)
         overrides.setdefault(model, []).append(kv)
-    res = {"command": shlex.join([Path(sys.executable).name, *sys.argv]), "machine": machine(), "datasets": {},
-           "load_average_at_start": os.getloadavg()}
+    res = {**run_record("paper_baselines", argv), "datasets": {}}
     for ds_name in args.datasets.split(","):
         ds = load_dataset(str(Path(args.data_root) / ds_name))
         split = leave_one_out(ds.sequences())
@@ -181,13 +163,11 @@ def main(argv: list[str] | None = None) -> int:
                 "paper_table2": paper_table2(ds_name, name), "paper_table4_long_tail_recall@10": paper_table4(ds_name, name),
             }
         res["datasets"][ds_name] = dres
-    res["finished_utc"] = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
-    res["load_average_at_end"] = os.getloadavg()
-    write_json(res, f"{args.out}.json")
-    write_text(render(res), f"{args.out}.md")
+    res["load_average_at_end"] = list(os.getloadavg())  # render() reads it; write_result records it again
+    write_result(args.out, res, render(res))
     log.info(f"wrote {args.out}.md and {args.out}.json")
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_locked(main))

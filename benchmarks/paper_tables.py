@@ -1,6 +1,6 @@
 """The paper's evaluation on one dataset, one command: Tables 2/4/5 and Figures 5a/5b, paper numbers beside ours.
 
-    flock /tmp/llm_i2i_heavy.lock .venv/bin/python benchmarks/paper_tables.py --data ../shared/data/Beauty \
+    python -m benchmarks.paper_tables --data ../shared/data/Beauty \
         --set generator_checkpoint=out/llm/Beauty/gen --set discriminator_checkpoint=out/llm/Beauty/disc
 
 Runs (or resumes) the pipeline with configs/<dataset>.yaml under out/paper/<Dataset>/, then merges this
@@ -13,19 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import shlex
 import shutil
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from llm_i2i.io import write_json, write_text  # noqa: E402
-
-RESULTS = ROOT / "benchmarks" / "results"
+from benchmarks._common import REPO, RESULTS, provenance, run_locked, run_record, write_result
 
 # Published numbers (LLM-I2I paper, arXiv 2512.21595) that this project can compare with.
 PAPER = {
@@ -58,9 +50,8 @@ def render(all_results: dict) -> str:
            "gives them.", ""]
     for name, res in all_results.items():
         r, paper = res["report"], PAPER.get(name, {})
-        out += [f"## {name}", "", f"Command: `{res['command']}`  ", f"Machine: {res['machine']}; run finished "
-                f"{res['finished_utc']}; pipeline stage time {r['pipeline_seconds']:.0f}s (from scratch), this "
-                f"invocation {res['wall_seconds']:.0f}s.", "",
+        out += [f"## {name}", "", provenance(res), "", f"Run finished {res['finished_utc']}; pipeline stage time "
+                f"{r['pipeline_seconds']:.0f}s (from scratch), this invocation {res['wall_seconds']:.0f}s.", "",
                 f"Synthetic pairs: {r['synthetic_pairs']['generated']} generated, {r['synthetic_pairs']['kept']} kept "
                 f"(P(Yes) >= {r['synthetic_pairs']['threshold']}); discriminator AUC {f4(r['discriminator_auc'])}.", "",
                 "### Table 2: backbones, no augmentation vs LLM-I2I", "",
@@ -125,8 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = p.parse_args(argv)
     name = Path(args.data).resolve().name
-    config = args.config or str(ROOT / "configs" / ("toys.yaml" if name.startswith("Toys") else "beauty.yaml"))
-    out = args.out or str(ROOT / "out" / "paper" / name)
+    record = run_record("paper_tables", argv)
+    config = args.config or str(REPO / "configs" / ("toys.yaml" if name.startswith("Toys") else "beauty.yaml"))
+    out = args.out or str(REPO / "out" / "paper" / name)
     cfg = load_config(PipelineConfig, config, [*args.set, f"data={args.data}"])
     init_ray(cfg)
     t0 = time.perf_counter()
@@ -137,23 +129,15 @@ def main(argv: list[str] | None = None) -> int:
         dest = RESULTS / f"paper_tables_{name}_{Path(png).name}"
         RESULTS.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(Path(out) / png, dest)
-        plots.append(str(dest.relative_to(ROOT)))
+        plots.append(str(dest.relative_to(REPO)))
     json_path = RESULTS / "paper_tables.json"
-    all_results = json.loads(json_path.read_text()) if json_path.exists() else {}
-    all_results[name] = {
-        "command": " ".join(shlex.quote(a) for a in [".venv/bin/python", "benchmarks/paper_tables.py", *(argv or sys.argv[1:])]),
-        "machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPUs, {platform.platform()}",
-        "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "wall_seconds": wall,
-        "paper": PAPER.get(name),
-        "plots": plots,
-        "report": report,
-    }
-    write_json(all_results, json_path)
-    write_text(render(all_results), RESULTS / "paper_tables.md")
+    merged = json.loads(json_path.read_text()) if json_path.exists() else {"datasets": {}}
+    merged["datasets"][name] = {**record, "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                "wall_seconds": wall, "paper": PAPER.get(name), "plots": plots, "report": report}
+    write_result("paper_tables", merged, render(merged["datasets"]))
     print(f"wrote {json_path} and {RESULTS / 'paper_tables.md'}")
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_locked(main))

@@ -18,13 +18,14 @@ import numpy as np
 import torch
 
 from llm_i2i.io import atomic_dir
+from llm_i2i.llm.bases import resolve_base_model
 
 MANIFEST = "llm_i2i_manifest.json"
 
 
 @dataclass
 class ModelConfig:
-    base_model: str | None = None  # local path of a pretrained HF checkpoint, or None: small Llama from config
+    base_model: str | None = None  # packaged name (smollm2-135m), HF checkpoint dir or .gguf (bases.py); None: scratch
     hidden_size: int = 128
     num_layers: int = 2
     num_heads: int = 4
@@ -93,7 +94,7 @@ def build_model(cfg: ModelConfig, tokenizer, items=None):
         n_old = 0
     else:
         model = AutoModelForCausalLM.from_pretrained(
-            cfg.base_model, dtype=cfg.torch_dtype, attn_implementation=attn, trust_remote_code=False, local_files_only=True
+            resolve_base_model(cfg.base_model), dtype=cfg.torch_dtype, attn_implementation=attn, trust_remote_code=False, local_files_only=True
         )
         n_old = model.get_input_embeddings().weight.shape[0]
         model.resize_token_embeddings(len(tokenizer))

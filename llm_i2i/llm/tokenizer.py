@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from llm_i2i.llm.bases import resolve_base_model
+
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 # prompt control tokens (prompts.py is the only place that arranges them)
 USER, HISTORY, CANDIDATE, SEP = "<user>", "<history>", "<candidate>", "<sep>"
@@ -57,7 +59,8 @@ def build_tokenizer(items: pa.Table, out_dir: str | Path | None = None, vocab_si
         hf = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD, bos_token=BOS, eos_token=EOS, unk_token=UNK)
         hf.add_special_tokens({"additional_special_tokens": list(CONTROL_TOKENS)})
     else:
-        hf = AutoTokenizer.from_pretrained(str(base_model), trust_remote_code=False, local_files_only=True)
+        base_dir = str(resolve_base_model(base_model))
+        hf = AutoTokenizer.from_pretrained(base_dir, trust_remote_code=False, local_files_only=True)
         hf.add_special_tokens({"additional_special_tokens": list(CONTROL_TOKENS)})
         if hf.pad_token is None:
             hf.add_special_tokens({"pad_token": PAD})

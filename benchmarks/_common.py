@@ -49,7 +49,10 @@ def machine_info() -> dict[str, Any]:
 
 
 def code_version() -> str:
-    """Short commit of the code that ran, `+dirty` when tracked files differ from it, `unknown` outside git."""
+    """Short commit of the code that ran, `+dirty` when tracked files differ from it; $LLM_I2I_CODE_VERSION where
+    the code travelled without its git history (a device machine gets a copy of the tree); else `unknown`."""
+    if os.environ.get("LLM_I2I_CODE_VERSION"):
+        return os.environ["LLM_I2I_CODE_VERSION"]
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
                               check=True).stdout.strip()

@@ -7,7 +7,7 @@ Every backbone is fitted on each user's items[:-2] (YoutubeDNN early-stops on th
 with its default config, then scored on the test split under preset 'paper' (M=1 trigger, history not
 masked: what reproduces the paper's Swing row) and 'serving' (M=100, sum merge, history masked).
 Long tail, literal reading: test target among the 20% least popular items (train counts). The
-alternative reading from ../shared/notes/paper-protocol.md (target outside the 20% most popular items,
+alternative reading from docs/evaluation.md (target outside the 20% most popular items,
 those head items removed from the ranking) is reported beside it as a post-hoc lead, not a finding.
 Writes benchmarks/results/paper_baselines.{md,json}; fit times are compared with Swing's in the same run.
 """
@@ -89,7 +89,7 @@ def render(res: dict) -> str:
         "BPR 100 factors via implicit, YoutubeDNN 64-d two-tower early-stopped on the items[-2] targets) and "
         "scored on the test item (full ranking, one positive per user). Preset **paper**: the trigger is the "
         "user's most recent item (M=1), its neighbour list is the ranking, history not masked — the protocol "
-        "that reproduces the paper's Swing row (../shared/notes/paper-protocol.md). Preset **serving**: the "
+        "that reproduces the paper's Swing row (docs/evaluation.md). Preset **serving**: the "
         "user's 100 most recent items fan out through the index, scores summed, history masked. "
         "Gap = (ours − paper) / paper. Paper values other than Swing's are "
         f"{NOT_AVAILABLE}: the paper's text could not be reached from this machine.", "",

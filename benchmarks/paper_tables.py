@@ -77,7 +77,7 @@ def render(all_results: dict) -> str:
         if paper:
             out.append(f"| paper, No | {paper['swing_no_aug_long_tail_recall@10']} | | | | |")
         out += ["", "Long tail = target among the bottom 20% of items by training count (the literal reading; "
-                "see ../shared/notes/paper-protocol.md for why the paper's long-tail numbers do not reproduce).", "",
+                "see docs/evaluation.md for why the paper's long-tail numbers do not reproduce).", "",
                 "### Table 5: ablations (first backbone)", "",
                 "| variant | synthetic kept | real kept | R@10 | N@10 | long-tail R@10 |", "|---|---|---|---|---|---|"]
         for v in ABLATION_ORDER:

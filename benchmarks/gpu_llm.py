@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from benchmarks._common import provenance, run_locked, run_record, write_result
+from benchmarks.llm_inference import throughput_table
 from llm_i2i.llm.discriminate import DiscriminateConfig, run_discriminate
 from llm_i2i.llm.generate import GenerateConfig, run_generate
 from llm_i2i.progress import setup_logging
@@ -84,18 +85,10 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             res[engine] = run_engine(engine, args, Path(tmp))
             res[engine]["wall_seconds"] = time.perf_counter() - t0
-    ref = res.get("hf") or next(iter(res.values()))
-    for r in res.values():
-        r["generate_ratio_vs_hf"] = r["generate_users_per_s"] / ref["generate_users_per_s"]
-        r["discriminate_ratio_vs_hf"] = r["discriminate_pairs_per_s"] / ref["discriminate_pairs_per_s"]
+    table = throughput_table(res, "hf" if "hf" in res else next(iter(res)))
     record.update({"gpu": gpu, "checkpoint": args.checkpoint, "results": res})
     lines = ["# LLM batch inference on GPU: vLLM vs HF", "", provenance(record), "",
-             f"GPU: {gpu}. Checkpoint `{args.checkpoint}`.", "",
-             "| engine | generate users/s | ratio vs hf | discriminate pairs/s | ratio vs hf | error rows |",
-             "|---|---|---|---|---|---|"]
-    for name, r in res.items():
-        lines.append(f"| {name} | {r['generate_users_per_s']:,.1f} | {r['generate_ratio_vs_hf']:.2f} | "
-                     f"{r['discriminate_pairs_per_s']:,.1f} | {r['discriminate_ratio_vs_hf']:.2f} | {r['error_rows']} |")
+             f"GPU: {gpu}. Checkpoint `{args.checkpoint}`. Ratios against the HF engine of this run.", "", *table]
     write_result(args.tag, record, "\n".join(lines))
     print("\n".join(lines))
     return 0

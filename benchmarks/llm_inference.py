@@ -39,6 +39,22 @@ def build_checkpoint(items, out: Path) -> str:
     return n_params
 
 
+def throughput_table(res: dict[str, dict], reference: str) -> list[str]:
+    """Adds each variant's generate/discriminate ratios against `reference` (same run) and renders the table rows;
+    a variant that failed keeps its error."""
+    ref = res[reference]
+    lines = ["| variant | generate users/s | ratio | discriminate pairs/s | ratio | error rows |", "|---|---|---|---|---|---|"]
+    for name, r in res.items():
+        if "error" in r:
+            lines.append(f"| {name} | failed: {r['error'][:120]} | | | | |")
+            continue
+        r["generate_ratio_vs_reference"] = r["generate_users_per_s"] / ref["generate_users_per_s"]
+        r["discriminate_ratio_vs_reference"] = r["discriminate_pairs_per_s"] / ref["discriminate_pairs_per_s"]
+        lines.append(f"| {name} | {r['generate_users_per_s']:,.1f} | {r['generate_ratio_vs_reference']:.2f} | "
+                     f"{r['discriminate_pairs_per_s']:,.1f} | {r['discriminate_ratio_vs_reference']:.2f} | {r['error_rows']} |")
+    return lines
+
+
 def variants(vllm_ok: bool, cpus: int) -> dict[str, dict]:
     # fractional logical CPUs: whole ones leave Ray Data's actor pool pending on a 2-core box;
     # torch_threads sets the real parallelism (all cores for one actor, split between two)
@@ -97,11 +113,7 @@ def main(argv: list[str] | None = None) -> int:
                          "pairs": d["pairs_in"], "error_rows": g["error_rows"] + d["error_rows"],
                          "variant_wall_seconds": time.perf_counter() - t0, **opts}
     ray.shutdown()
-    ref = res["hf in-process (reference)"]
-    for r in res.values():
-        if "error" not in r:
-            r["generate_ratio_vs_reference"] = r["generate_users_per_s"] / ref["generate_users_per_s"]
-            r["discriminate_ratio_vs_reference"] = r["discriminate_pairs_per_s"] / ref["discriminate_pairs_per_s"]
+    table = throughput_table(res, "hf in-process (reference)")
     record.update({"python": sys.executable, "vllm_available": vllm_ok, "dataset": ds.name, "model_params": n_params,
                    "recall_number": args.recall, "batch_size": args.batch_size, "results": res})
     lines = [
@@ -110,15 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         f"(interpreter `{sys.executable}`). Load average (1 min) at the end: {os.getloadavg()[0]:.1f} "
         f"(above {cpus} means other jobs shared the cores).", "",
         "Rates count only the inference pass (engine load + Ray start-up included for actors, dataset load excluded); "
-        "ratios are against the in-process HF reference of this same run.", "",
-        "| variant | generate users/s | ratio | discriminate pairs/s | ratio | error rows |", "|---|---|---|---|---|---|",
+        "ratios are against the in-process HF reference of this same run.", "", *table,
     ]
-    for name, r in res.items():
-        if "error" in r:
-            lines.append(f"| {name} | failed: {r['error'][:120]} | | | | |")
-        else:
-            lines.append(f"| {name} | {r['generate_users_per_s']:,.1f} | {r['generate_ratio_vs_reference']:.2f} | "
-                         f"{r['discriminate_pairs_per_s']:,.1f} | {r['discriminate_ratio_vs_reference']:.2f} | {r['error_rows']} |")
     write_result(args.tag, record, "\n".join(lines))
     print("\n".join(lines))
     return 0

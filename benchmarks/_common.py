@@ -85,7 +85,7 @@ def provenance(record: dict[str, Any]) -> str:
     if isinstance(m, dict):
         gpu = f", GPU {m['gpu']}" if m.get("gpu") else ", no GPU"
         m = f"{m['cores']} cores ({m['cpu']}), {m['ram_gib']} GiB{gpu}, {m['platform']}"
-    when = record.get("started_utc") or record.get("finished_utc", "?")
+    when = (record.get("started_utc") or record.get("finished_utc", "?")).rstrip("Z")
     load = record.get("load_average_at_start")
     load_note = f", 1-min load {load[0]:.1f} at start (the machine may be shared)" if load else ""
     return (f"Command: `{record['command']}` · code `{record.get('code_version', 'not recorded')}` · machine: {m} · "

@@ -1,42 +1,44 @@
 """Readers from the formats users bring into the canonical tables (see `schema.py`).
 
-Every reader raises `DataError` naming the file and line (or field) of the first bad record, and
-returns a report of anything it filtered, so nothing is dropped silently.
+Every reader raises `DataError` naming the file and line (or field) of the first bad record, and returns a
+report of anything it accepted but changed or left out, so nothing is dropped silently. Files are UTF-8.
+Ids are non-negative int64 written with ASCII digits: `-2`, `1e3`, `2.0`, `1_000`, `²` or `١` are refused,
+never guessed at (Python's `int()` and `str.isdigit()` take some of them).
+
+Item catalogues (`item_text.jsonl`, RecBole `.item`) are keyed by item id. A record repeated verbatim (a
+re-run or concatenated export) is accepted and counted; two different records for one id are refused,
+because no rule (first wins, last wins) knows which title is right - that is an upstream join error.
 """
 
 from __future__ import annotations
 
 import csv
+import itertools
 import json
-from dataclasses import dataclass, field
+import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from llm_i2i.data.dataset import Dataset
 from llm_i2i.data.schema import (
-    INTERACTIONS_SCHEMA,
+    INT64_MAX,
     ITEMS_SCHEMA,
-    SOURCE_REAL,
     DataError,
     conform_interactions,
     empty_items,
+    id_column,
+    interaction_table,
+    items_table,
 )
 
-
-@dataclass
-class Dataset:
-    name: str
-    interactions: pa.Table  # INTERACTIONS_SCHEMA
-    items: pa.Table  # ITEMS_SCHEMA, one row per item id used in interactions
-    report: dict[str, Any] = field(default_factory=dict)
-
-    def sequences(self):
-        from llm_i2i.data.sequences import sequences_from_interactions
-
-        return sequences_from_interactions(self.interactions, self.items.column("item_id").to_numpy())
+_SHORT_IDS_LINE = re.compile(r"[0-9]{1,18}(?:[ \t]+[0-9]{1,18})*")  # fast path: ASCII digits, all below 10**18
+_NEGATIVE_ID = re.compile(r"-[0-9]+")
+_INT = re.compile(r"[+-]?[0-9]+")
+_FLOAT = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 
 
 def _require(path: Path) -> Path:
@@ -45,18 +47,44 @@ def _require(path: Path) -> Path:
     return path
 
 
-def _interactions(users: list[int], items: list[int], ts: list[int]) -> pa.Table:
-    n = len(users)
-    return pa.table(
-        {
-            "user_id": pa.array(users, pa.int64()),
-            "item_id": pa.array(items, pa.int64()),
-            "timestamp": pa.array(ts, pa.int64()),
-            "source": pa.array([SOURCE_REAL] * n, pa.string()),
-            "weight": pa.array(np.ones(n, np.float32)),
-        },
-        schema=INTERACTIONS_SCHEMA,
-    )
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) of a UTF-8 file, a leading byte-order mark skipped; bad bytes name their line."""
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise DataError(f"{path}: cannot read: {e.strerror}") from None
+    with f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                yield lineno, raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}:{lineno}: not valid UTF-8 (byte {raw[e.start]:#04x} at column {e.start + 1})") from None
+
+
+def _parse_id(text: str, where: str, label: str = "") -> int:
+    s = text.strip()
+    if not (s.isascii() and s.isdigit()):  # isdigit alone takes '²' and '١'
+        if _NEGATIVE_ID.fullmatch(s):
+            raise DataError(f"{where}: {label}id {s!r} is negative (ids are non-negative int64)")
+        raise DataError(f"{where}: {label}{s!r} is not an integer id (ids are written with ASCII digits 0-9)")
+    value = int(s)
+    if value > INT64_MAX:
+        raise DataError(f"{where}: {label}id {s!r} is outside int64")
+    return value
+
+
+def _parse_timestamp(text: str, where: str, label: str) -> int:
+    """An int64, or a float literal with an integral value (`881250949.0`, `1.6e9`: RecBole writes these)."""
+    s = text.strip()
+    if _INT.fullmatch(s):
+        value = int(s)
+    elif _FLOAT.fullmatch(s) and float(s).is_integer():
+        value = int(float(s))
+    else:
+        raise DataError(f"{where}: {label}{text!r} is not an integer")
+    if not -INT64_MAX - 1 <= value <= INT64_MAX:
+        raise DataError(f"{where}: {label}{s!r} is outside int64")
+    return value
 
 
 # ---------------------------------------------------------------- S3-Rec sequence files (+ item_text.jsonl)
@@ -70,73 +98,117 @@ def read_s3rec(path: str | Path) -> Dataset:
     items: list[int] = []
     ts: list[int] = []
     seen_users: dict[int, int] = {}
-    with open(txt) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            parts = line.split()
-            try:
-                ids = [int(p) for p in parts]
-            except ValueError:
-                bad = next(p for p in parts if not p.lstrip("-").isdigit())
-                raise DataError(f"{txt}:{lineno}: unparsable id {bad!r} (expected integers)") from None
-            if len(ids) < 2:
-                raise DataError(f"{txt}:{lineno}: user {ids[0]} has no items")
-            if ids[0] in seen_users:
-                raise DataError(f"{txt}:{lineno}: user {ids[0]} already listed on line {seen_users[ids[0]]}")
-            seen_users[ids[0]] = lineno
-            n = len(ids) - 1
-            users.extend([ids[0]] * n)
-            items.extend(ids[1:])
-            ts.extend(range(n))
+    for lineno, line in _lines(txt):
+        parts = line.split()
+        if not parts:
+            continue
+        if _SHORT_IDS_LINE.fullmatch(line.strip()):
+            ids = [int(p) for p in parts]
+        else:
+            ids = [_parse_id(p, f"{txt}:{lineno}") for p in parts]
+        if len(ids) < 2:
+            raise DataError(f"{txt}:{lineno}: user {ids[0]} has no items")
+        if ids[0] in seen_users:
+            raise DataError(f"{txt}:{lineno}: user {ids[0]} already listed on line {seen_users[ids[0]]}")
+        seen_users[ids[0]] = lineno
+        n = len(ids) - 1
+        users.extend([ids[0]] * n)
+        items.extend(ids[1:])
+        ts.extend(range(n))
     if not users:
         raise DataError(f"{txt}: no interactions")
-    inter = _interactions(users, items, ts)
     item_ids = np.unique(np.asarray(items, np.int64))
     text_file = txt.parent / "item_text.jsonl"
     report: dict[str, Any] = {"source_file": str(txt), "rows": len(users), "users": len(seen_users)}
     if text_file.exists():
-        items_table, text_report = read_item_text(text_file, item_ids)
+        items_table_, text_report = read_item_text(text_file, item_ids)
         report.update(text_report)
     else:
-        items_table = empty_items(item_ids)
+        items_table_ = empty_items(item_ids)
         report["items_without_text"] = len(item_ids)
-    return Dataset(txt.stem, inter, items_table, report)
+    return Dataset(txt.stem, interaction_table(users, items, ts), items_table_, report)
 
 
 def read_item_text(path: Path, item_ids: np.ndarray) -> tuple[pa.Table, dict[str, Any]]:
     """JSON lines with item_id, title, categories; items used in interactions but absent get null text."""
     known = set(item_ids.tolist())
-    rows: dict[int, dict[str, Any]] = {}
-    with open(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not valid JSON: {e.msg}") from None
-            if "item_id" not in obj:
-                raise DataError(f"{path}:{lineno}: missing field 'item_id'")
-            iid = obj["item_id"]
-            if not isinstance(iid, int):
-                raise DataError(f"{path}:{lineno}: field 'item_id' must be an integer, got {iid!r}")
-            if iid not in known:
-                raise DataError(f"{path}:{lineno}: item_id {iid} does not occur in the interactions")
-            cats = [" > ".join(c) if isinstance(c, list) else str(c) for c in obj.get("categories") or []]
-            title = obj.get("title") or obj.get("idgenrec_text")
-            rows[iid] = {"title": title, "categories": cats}
-    titles, categories, texts = [], [], []
-    for iid in item_ids.tolist():
-        r = rows.get(iid)
-        titles.append(r["title"] if r else None)
-        categories.append(r["categories"] if r else None)
-        texts.append(_item_text(r["title"], r["categories"]) if r else None)
-    table = pa.table(
-        {"item_id": pa.array(item_ids, pa.int64()), "title": titles, "categories": categories, "text": texts},
-        schema=ITEMS_SCHEMA,
+    records: dict[int, tuple[int, dict[str, Any], str | None, list[str]]] = {}
+    repeated = categories_as_string = 0
+    for lineno, line in _lines(path):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            obj = json.loads(line)
+        except (ValueError, RecursionError) as e:  # JSONDecodeError, int digit limit, nesting depth
+            raise DataError(f"{where}: not valid JSON: {getattr(e, 'msg', None) or e or 'nested too deeply'}") from None
+        if not isinstance(obj, dict):
+            raise DataError(f"{where}: expected a JSON object, got {_shown(obj)}")
+        if "item_id" not in obj:
+            raise DataError(f"{where}: missing field 'item_id'")
+        iid = obj["item_id"]
+        if type(iid) is not int:  # a bool is an int to isinstance
+            raise DataError(f"{where}: field 'item_id' must be an integer, got {_shown(iid)}")
+        if iid not in known:
+            raise DataError(f"{where}: item_id {iid} does not occur in the interactions")
+        if iid in records:
+            first_line, first, _, _ = records[iid]
+            if obj != first:
+                raise DataError(f"{where}: item_id {iid} already given a different record on line {first_line}")
+            repeated += 1
+            continue
+        title = _text_field(obj, "title", where) or _text_field(obj, "idgenrec_text", where)
+        cats, as_string = _categories(obj.get("categories"), where)
+        categories_as_string += as_string
+        records[iid] = (lineno, obj, title, cats)
+    rows = [records.get(iid) for iid in item_ids.tolist()]
+    table = items_table(
+        item_ids,
+        [r[2] if r else None for r in rows],
+        [r[3] if r else None for r in rows],
+        [_item_text(r[2], r[3]) if r else None for r in rows],
     )
-    return table, {"item_text_file": str(path), "items_without_text": len(item_ids) - len(rows)}
+    return table, {
+        "item_text_file": str(path),
+        "items_without_text": len(item_ids) - len(records),
+        "item_text_duplicate_records": repeated,
+        "categories_given_as_string": categories_as_string,
+    }
+
+
+def _shown(value: Any) -> str:
+    """A JSON value as the file spells it, cut short."""
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _checked_text(value: str, where: str, name: str) -> str:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise DataError(f"{where}: field {name!r} is not valid Unicode (a lone surrogate escape)") from None
+    return value
+
+
+def _text_field(obj: dict[str, Any], name: str, where: str) -> str | None:
+    value = obj.get(name)
+    if value is not None and not isinstance(value, str):
+        raise DataError(f"{where}: field {name!r} must be a string, got {_shown(value)}")
+    return None if value is None else _checked_text(value, where, name)
+
+
+def _categories(value: Any, where: str) -> tuple[list[str], bool]:
+    """Category names or paths (lists of names, joined with ' > '). One string is one category (and says so),
+    never a list of its letters."""
+    if value is None:
+        return [], False
+    if isinstance(value, str):
+        return [_checked_text(value, where, "categories")], True
+    if isinstance(value, list) and all(
+        isinstance(c, str) or (isinstance(c, list) and all(isinstance(x, str) for x in c)) for c in value
+    ):
+        return [_checked_text(c if isinstance(c, str) else " > ".join(c), where, "categories") for c in value], False
+    raise DataError(f"{where}: field 'categories' must be a list of category names or paths, got {_shown(value)}")
 
 
 def _item_text(title: str | None, categories: list[str] | None) -> str:
@@ -154,83 +226,107 @@ _TIME_COLS = ("timestamp", "ts", "time", "order")
 
 
 def _pick(cols: list[str], options: tuple[str, ...], what: str, path: Path, required: bool = True) -> str | None:
-    lower = {c.lower(): c for c in cols}
     for o in options:
-        if o in lower:
-            return lower[o]
+        found = [c for c in cols if c.lower() == o]
+        if len(found) > 1:
+            raise DataError(f"{path}: {len(found)} columns could be the {what} column: {found}")
+        if found:
+            return found[0]
     if required:
         raise DataError(f"{path}: no {what} column (looked for {list(options)}, have {cols})")
     return None
 
 
 def read_interactions_file(path: str | Path) -> Dataset:
-    """A CSV or Parquet file with user, item and (optional) timestamp columns; ids must be integers."""
+    """A CSV or Parquet file with user, item and (optional) timestamp columns; ids must be integers.
+    Without a timestamp column, the row order is the time order."""
     path = _require(Path(path))
     if path.suffix.lower() in (".parquet", ".pq"):
-        table = pq.read_table(path)
-        cols = table.column_names
-        u, i, t = _pick(cols, _USER_COLS, "user", path), _pick(cols, _ITEM_COLS, "item", path), _pick(
-            cols, _TIME_COLS, "timestamp", path, required=False
-        )
-        users, items = _int_column(table.column(u), path, u), _int_column(table.column(i), path, i)
-        times = _int_column(table.column(t), path, t) if t else np.arange(len(users), dtype=np.int64)
+        users, items, times = _read_parquet_interactions(path)
     else:
-        users_l: list[int] = []
-        items_l: list[int] = []
-        times_l: list[int] = []
-        with open(path, newline="") as f:
-            sample = f.read(4096)
-            f.seek(0)
-            dialect = csv.Sniffer().sniff(sample, delimiters=",\t;") if sample else csv.excel
-            reader = csv.reader(f, dialect)
-            header = next(reader, None)
-            if header is None:
-                raise DataError(f"{path}: empty file")
-            header = [h.split(":")[0].strip() for h in header]
-            u, i, t = (
-                _pick(header, _USER_COLS, "user", path),
-                _pick(header, _ITEM_COLS, "item", path),
-                _pick(header, _TIME_COLS, "timestamp", path, required=False),
-            )
-            ui, ii = header.index(u), header.index(i)
-            ti = header.index(t) if t else None
-            for lineno, row in enumerate(reader, 2):
-                if not row or all(not c.strip() for c in row):
-                    continue
-                if len(row) != len(header):
-                    raise DataError(f"{path}:{lineno}: expected {len(header)} fields, got {len(row)}")
-                users_l.append(_parse_int(row[ui], path, lineno, u))
-                items_l.append(_parse_int(row[ii], path, lineno, i))
-                times_l.append(_parse_int(row[ti], path, lineno, t) if ti is not None else lineno)
-        users, items, times = np.asarray(users_l, np.int64), np.asarray(items_l, np.int64), np.asarray(times_l, np.int64)
+        users, items, times = _read_delimited_interactions(path, "\t" if path.suffix == ".inter" else None)
     if len(users) == 0:
         raise DataError(f"{path}: no interactions")
-    inter = _interactions(users.tolist(), items.tolist(), times.tolist())
-    item_ids = np.unique(items)
-    return Dataset(path.stem, inter, empty_items(item_ids), {"source_file": str(path), "rows": len(users)})
+    return Dataset(path.stem, interaction_table(users, items, times), empty_items(np.unique(items)),
+                   {"source_file": str(path), "rows": len(users)})
 
 
-def _parse_int(text: str, path: Path, lineno: int, col: str | None) -> int:
-    s = text.strip()
-    try:
-        return int(s)
-    except ValueError:
+def _read_delimited_interactions(path: Path, delimiter: str | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """CSV/TSV; the delimiter (`,`, tab or `;`) is sniffed unless given (RecBole files are tab-separated)."""
+    lines = (text for _, text in _lines(path))
+    head = list(itertools.islice(lines, 20))
+    if delimiter is not None:
+        dialect: Any = {"delimiter": delimiter, "quoting": csv.QUOTE_NONE}
+    else:
         try:
-            f = float(s)
-        except ValueError:
-            raise DataError(f"{path}:{lineno}: field {col!r}: {text!r} is not an integer") from None
-        if not f.is_integer():
-            raise DataError(f"{path}:{lineno}: field {col!r}: {text!r} is not an integer") from None
-        return int(f)
+            dialect = {"dialect": csv.Sniffer().sniff("".join(head)[:4096], delimiters=",\t;")}
+        except csv.Error:  # one column, or nothing that tells the delimiters apart: commas
+            dialect = {"dialect": csv.excel}
+    reader = csv.reader(itertools.chain(head, lines), **dialect)
+    users: list[int] = []
+    items: list[int] = []
+    times: list[int] = []
+    try:
+        header = next(reader, None)
+        if header is None:
+            raise DataError(f"{path}: empty file")
+        header = [h.split(":")[0].strip() for h in header]
+        u = _pick(header, _USER_COLS, "user", path)
+        i = _pick(header, _ITEM_COLS, "item", path)
+        t = _pick(header, _TIME_COLS, "timestamp", path, required=False)
+        ui, ii, ti = header.index(u), header.index(i), (header.index(t) if t else None)
+        for row in reader:
+            if not "".join(row).strip():
+                continue
+            where = f"{path}:{reader.line_num}"
+            if len(row) != len(header):
+                raise DataError(f"{where}: expected {len(header)} fields, got {len(row)}")
+            users.append(_parse_id(row[ui], where, f"field {u!r}: "))
+            items.append(_parse_id(row[ii], where, f"field {i!r}: "))
+            times.append(_parse_timestamp(row[ti], where, f"field {t!r}: ") if ti is not None else reader.line_num)
+    except csv.Error as e:
+        raise DataError(f"{path}:{reader.line_num}: {e}") from None
+    return np.asarray(users, np.int64), np.asarray(items, np.int64), np.asarray(times, np.int64)
 
 
-def _int_column(col: pa.ChunkedArray, path: Path, name: str) -> np.ndarray:
+def _read_parquet(path: Path) -> pa.Table:
+    try:
+        table = pq.read_table(path)
+        table.validate(full=True)  # e.g. string columns holding bytes that are not UTF-8
+    except (pa.ArrowException, OSError, ValueError) as e:
+        raise DataError(f"{path}: not a readable Parquet file: {e}") from None
+    return table
+
+
+def _read_parquet_interactions(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    table = _read_parquet(path)
+    cols = table.column_names
+    u, i = _pick(cols, _USER_COLS, "user", path), _pick(cols, _ITEM_COLS, "item", path)
+    t = _pick(cols, _TIME_COLS, "timestamp", path, required=False)
+    users = id_column(table.column(u), str(path), u).to_numpy()
+    items = id_column(table.column(i), str(path), i).to_numpy()
+    times = _timestamp_column(table.column(t), path, t) if t else np.arange(len(users), dtype=np.int64)
+    return users, items, times
+
+
+def _timestamp_column(col: pa.ChunkedArray, path: Path, name: str) -> np.ndarray:
+    """Integer or timestamp columns as int64; floats only where every value is integral."""
+    col = col.combine_chunks()
     if col.null_count:
         raise DataError(f"{path}: column {name!r} has {col.null_count} null value(s)")
-    try:
+    if pa.types.is_timestamp(col.type) or pa.types.is_duration(col.type):
         return col.cast(pa.int64()).to_numpy()
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
-        raise DataError(f"{path}: column {name!r} is not integer: {e}") from None
+    if pa.types.is_integer(col.type) or pa.types.is_floating(col.type):
+        values = col.to_numpy()
+        if values.dtype.kind == "f":
+            bad = ~np.isfinite(values) | (np.floor(values) != values) | (np.abs(values) >= 2.0**63)
+        else:
+            bad = values > INT64_MAX if values.dtype == np.uint64 else np.zeros(len(values), bool)
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise DataError(f"{path}: column {name!r} row {row + 1}: {values[row]} is not an int64 timestamp")
+        return values.astype(np.int64)
+    raise DataError(f"{path}: column {name!r} has type {col.type}; timestamps must be integers or timestamps")
 
 
 # ---------------------------------------------------------------- RecBole atomic files
@@ -253,30 +349,50 @@ def read_recbole(path: str | Path) -> Dataset:
 
 
 def _read_recbole_items(path: Path, item_ids: np.ndarray) -> tuple[pa.Table, dict[str, Any]]:
-    rows: dict[int, tuple[str, list[str]]] = {}
-    with open(path, newline="") as f:
-        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        header = [h.split(":")[0] for h in next(reader)]
+    """Rows for items no interaction uses are left out and counted."""
+    rows: dict[int, tuple[int, str, list[str]]] = {}
+    repeated = 0
+    reader = csv.reader((text for _, text in _lines(path)), delimiter="\t", quoting=csv.QUOTE_NONE)
+    try:
+        header = next(reader, None)
+        if header is None:
+            raise DataError(f"{path}: empty file (expected a header line)")
+        header = [h.split(":")[0] for h in header]
         if "item_id" not in header:
             raise DataError(f"{path}:1: no item_id column (have {header})")
         id_col = header.index("item_id")
         title_col = next((header.index(c) for c in ("movie_title", "title", "name") if c in header), None)
         cat_col = next((header.index(c) for c in ("class", "genre", "categories") if c in header), None)
-        for lineno, row in enumerate(reader, 2):
-            if not row:
+        for row in reader:
+            if not "".join(row).strip():
                 continue
-            iid = _parse_int(row[id_col], path, lineno, "item_id")
-            title = row[title_col] if title_col is not None and title_col < len(row) else ""
-            cats = row[cat_col].split() if cat_col is not None and cat_col < len(row) else []
-            rows[iid] = (title, cats)
-    titles = [rows.get(i, (None, None))[0] for i in item_ids.tolist()]
-    cats = [rows.get(i, (None, None))[1] for i in item_ids.tolist()]
-    texts = [_item_text(t, [" ".join(c)] if c else None) if t is not None else None for t, c in zip(titles, cats)]
-    table = pa.table(
-        {"item_id": pa.array(item_ids, pa.int64()), "title": titles, "categories": cats, "text": texts},
-        schema=ITEMS_SCHEMA,
+            where = f"{path}:{reader.line_num}"
+            if len(row) != len(header):
+                raise DataError(f"{where}: expected {len(header)} fields, got {len(row)}")
+            iid = _parse_id(row[id_col], where, "field 'item_id': ")
+            record = (reader.line_num, row[title_col] if title_col is not None else "",
+                      row[cat_col].split() if cat_col is not None else [])
+            if iid in rows:
+                if rows[iid][1:] != record[1:]:
+                    raise DataError(f"{where}: item_id {iid} already given a different record on line {rows[iid][0]}")
+                repeated += 1
+            else:
+                rows[iid] = record
+    except csv.Error as e:
+        raise DataError(f"{path}:{reader.line_num}: {e}") from None
+    found = [rows.get(i) for i in item_ids.tolist()]
+    table = items_table(
+        item_ids,
+        [r[1] if r else None for r in found],
+        [r[2] if r else None for r in found],
+        [_item_text(r[1], [" ".join(r[2])] if r[2] else None) if r else None for r in found],
     )
-    return table, {"item_text_file": str(path), "items_without_text": sum(t is None for t in titles)}
+    return table, {
+        "item_text_file": str(path),
+        "items_without_text": sum(r is None for r in found),
+        "item_text_duplicate_records": repeated,
+        "item_rows_without_interactions": len(rows.keys() - set(item_ids.tolist())),
+    }
 
 
 # ---------------------------------------------------------------- dispatch
@@ -309,15 +425,52 @@ def load_dataset(path: str | Path | None, **synthetic_overrides: Any) -> Dataset
 
 
 def read_canonical(path: str | Path) -> Dataset:
+    """A directory written by `save_dataset`; checked like any other input, since it may be edited by hand."""
     p = Path(path)
-    inter = conform_interactions(pq.read_table(_require(p / "interactions.parquet")), str(p / "interactions.parquet"))
+    inter_path = _require(p / "interactions.parquet")
+    inter = conform_interactions(_read_parquet(inter_path), str(inter_path))
+    if inter.num_rows == 0:
+        raise DataError(f"{inter_path}: no interactions")
+    used = np.unique(inter.column("item_id").to_numpy())
     items_path = p / "items.parquet"
-    items = pq.read_table(items_path).cast(ITEMS_SCHEMA) if items_path.exists() else empty_items(
-        np.unique(inter.column("item_id").to_numpy())
-    )
-    report_path = p / "report.json"
-    report = json.loads(report_path.read_text()) if report_path.exists() else {}
-    return Dataset(report.get("name", p.name), inter, items, report)
+    items = _read_canonical_items(items_path, used) if items_path.exists() else empty_items(used)
+    report = _read_report(p / "report.json")
+    name = report.get("name", p.name)
+    if not isinstance(name, str):
+        raise DataError(f"{p / 'report.json'}: field 'name' must be a string, got {_shown(name)}")
+    return Dataset(name, inter, items, report)
+
+
+def _read_canonical_items(path: Path, used: np.ndarray) -> pa.Table:
+    table = _read_parquet(path)
+    if sorted(table.column_names) != sorted(ITEMS_SCHEMA.names):
+        raise DataError(f"{path}: columns {table.column_names}, expected {ITEMS_SCHEMA.names}")
+    ids = id_column(table.column("item_id"), str(path), "item_id")
+    try:
+        table = table.select(ITEMS_SCHEMA.names).set_column(0, "item_id", ids).cast(ITEMS_SCHEMA)
+    except (pa.ArrowException, ValueError) as e:
+        raise DataError(f"{path}: cannot be read as {ITEMS_SCHEMA}: {e}") from None
+    values = ids.to_numpy()
+    order = np.argsort(values, kind="stable")
+    repeated = values[order][1:][np.diff(values[order]) == 0]
+    if len(repeated):
+        raise DataError(f"{path}: item_id {int(repeated[0])} has more than one row")
+    missing = np.setdiff1d(used, values)
+    if len(missing):
+        raise DataError(f"{path}: item_id(s) {missing[:5].tolist()} used in the interactions have no row")
+    return table.take(pa.array(order))
+
+
+def _read_report(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    try:
+        report = json.loads(path.read_bytes().decode("utf-8"))
+    except (ValueError, RecursionError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise DataError(f"{path}: not valid JSON: {e}") from None
+    if not isinstance(report, dict):
+        raise DataError(f"{path}: expected a JSON object, got {_shown(report)}")
+    return report
 
 
 def save_dataset(ds: Dataset, path: str | Path) -> Path:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from llm_i2i.data.schema import DataError
+from llm_i2i.data.schema import SOURCE_REAL, DataError, interaction_table
 
 
 @dataclass
@@ -69,21 +69,11 @@ class Sequences:
     def item_counts(self) -> np.ndarray:
         return np.bincount(self.items, minlength=self.n_items)
 
-    def to_interactions(self, source: str = "real") -> pa.Table:
-        from llm_i2i.data.schema import INTERACTIONS_SCHEMA
-
+    def to_interactions(self, source: str | pa.Array = SOURCE_REAL) -> pa.Table:
+        """The canonical interaction table; timestamp = position in the user's sequence."""
         lens = self.lengths
         pos = np.arange(len(self.items)) - np.repeat(self.indptr[:-1], lens)
-        return pa.table(
-            {
-                "user_id": np.repeat(self.user_ids, lens),
-                "item_id": self.item_ids[self.items],
-                "timestamp": pos.astype(np.int64),
-                "source": pa.array([source] * len(self.items), pa.string()),
-                "weight": np.ones(len(self.items), np.float32),
-            },
-            schema=INTERACTIONS_SCHEMA,
-        )
+        return interaction_table(np.repeat(self.user_ids, lens), self.item_ids[self.items], pos, source)
 
 
 def _norm(i: int, lens: np.ndarray) -> np.ndarray:

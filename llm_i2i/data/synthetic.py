@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from llm_i2i.data.readers import Dataset
-from llm_i2i.data.schema import INTERACTIONS_SCHEMA, ITEMS_SCHEMA, SOURCE_REAL
+from llm_i2i.data.dataset import Dataset
+from llm_i2i.data.schema import ITEMS_SCHEMA, interaction_table
 
 _ADJ = "red blue soft bold fresh pure deep bright light dark smooth rich warm cool classic mini".split()
 _NOUNS = (
@@ -71,16 +71,7 @@ def generate(cfg: SyntheticConfig) -> Dataset:
             ts.append(t)
             noise.append(is_noise)
     n = len(users)
-    inter = pa.table(
-        {
-            "user_id": pa.array(users, pa.int64()),
-            "item_id": pa.array(items, pa.int64()),
-            "timestamp": pa.array(ts, pa.int64()),
-            "source": pa.array([SOURCE_REAL] * n, pa.string()),
-            "weight": pa.array(np.ones(n, np.float32)),
-        },
-        schema=INTERACTIONS_SCHEMA,
-    ).append_column("is_noise", pa.array(noise, pa.bool_()))
+    inter = interaction_table(users, items, ts, is_noise=noise)
     used = np.unique(np.asarray(items))
     titles, cats = [], []
     for iid in used.tolist():

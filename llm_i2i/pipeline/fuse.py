@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from llm_i2i.data.schema import INTERACTIONS_SCHEMA, SOURCE_REAL, SOURCE_SYNTHETIC
+from llm_i2i.data.schema import SOURCE_REAL, SOURCE_SYNTHETIC
 from llm_i2i.data.sequences import Sequences
 
 
@@ -52,22 +52,11 @@ class Fused:
     report: dict[str, Any]
 
     def to_table(self) -> pa.Table:
-        """The augmented canonical interaction table (`source` says real or synthetic; timestamp = position).
-        `weight` is 1 for every row: the I2I backbones fit on unweighted sequences."""
+        """The augmented canonical interaction table (`source` says real or synthetic; timestamp = position)."""
         s = self.sequences
-        lens = s.lengths
-        pos = np.arange(len(s.items)) - np.repeat(s.indptr[:-1], lens)
-        synthetic = pos >= np.repeat(self.n_real, lens)
-        return pa.table(
-            {
-                "user_id": np.repeat(s.user_ids, lens),
-                "item_id": s.item_ids[s.items],
-                "timestamp": pos.astype(np.int64),
-                "source": pa.array(np.where(synthetic, SOURCE_SYNTHETIC, SOURCE_REAL).tolist(), pa.string()),
-                "weight": np.ones(len(pos), np.float32),
-            },
-            schema=INTERACTIONS_SCHEMA,
-        )
+        position = np.arange(len(s.items)) - np.repeat(s.indptr[:-1], s.lengths)
+        synthetic = position >= np.repeat(self.n_real, s.lengths)
+        return s.to_interactions(pc.if_else(pa.array(synthetic), SOURCE_SYNTHETIC, SOURCE_REAL))
 
 
 def _dense(train: Sequences, table: pa.Table) -> tuple[np.ndarray, np.ndarray]:

@@ -256,37 +256,47 @@ def _read_delimited_interactions(path: Path, delimiter: str | None) -> tuple[np.
     lines = (text for _, text in _lines(path))
     head = list(itertools.islice(lines, 20))
     if delimiter is not None:
-        dialect: Any = {"delimiter": delimiter, "quoting": csv.QUOTE_NONE}
+        dialect: dict[str, Any] = {"delimiter": delimiter, "quoting": csv.QUOTE_NONE}
     else:
         try:
             dialect = {"dialect": csv.Sniffer().sniff("".join(head)[:4096], delimiters=",\t;")}
         except csv.Error:  # one column, or nothing that tells the delimiters apart: commas
             dialect = {"dialect": csv.excel}
-    reader = csv.reader(itertools.chain(head, lines), **dialect)
+    rows = _delimited_rows(path, itertools.chain(head, lines), dialect)
+    _, header = next(rows)
+    u = _pick(header, _USER_COLS, "user", path)
+    i = _pick(header, _ITEM_COLS, "item", path)
+    t = _pick(header, _TIME_COLS, "timestamp", path, required=False)
+    ui, ii, ti = header.index(u), header.index(i), (header.index(t) if t else None)
     users: list[int] = []
     items: list[int] = []
     times: list[int] = []
+    for lineno, row in rows:
+        where = f"{path}:{lineno}"
+        users.append(_parse_id(row[ui], where, f"field {u!r}: "))
+        items.append(_parse_id(row[ii], where, f"field {i!r}: "))
+        times.append(_parse_timestamp(row[ti], where, f"field {t!r}: ") if ti is not None else lineno)
+    return np.asarray(users, np.int64), np.asarray(items, np.int64), np.asarray(times, np.int64)
+
+
+def _delimited_rows(path: Path, lines: Iterator[str], dialect: dict[str, Any]) -> Iterator[tuple[int, list[str]]]:
+    """(line number, fields): first the header (names without a RecBole `:type`), then every non-blank row,
+    each as wide as the header. A csv error (a field over 128 KB, say) names its line."""
+    reader = csv.reader(lines, **dialect)
     try:
         header = next(reader, None)
         if header is None:
-            raise DataError(f"{path}: empty file")
+            raise DataError(f"{path}: empty file (expected a header line)")
         header = [h.split(":")[0].strip() for h in header]
-        u = _pick(header, _USER_COLS, "user", path)
-        i = _pick(header, _ITEM_COLS, "item", path)
-        t = _pick(header, _TIME_COLS, "timestamp", path, required=False)
-        ui, ii, ti = header.index(u), header.index(i), (header.index(t) if t else None)
+        yield 1, header
         for row in reader:
             if not "".join(row).strip():
                 continue
-            where = f"{path}:{reader.line_num}"
             if len(row) != len(header):
-                raise DataError(f"{where}: expected {len(header)} fields, got {len(row)}")
-            users.append(_parse_id(row[ui], where, f"field {u!r}: "))
-            items.append(_parse_id(row[ii], where, f"field {i!r}: "))
-            times.append(_parse_timestamp(row[ti], where, f"field {t!r}: ") if ti is not None else reader.line_num)
+                raise DataError(f"{path}:{reader.line_num}: expected {len(header)} fields, got {len(row)}")
+            yield reader.line_num, row
     except csv.Error as e:
         raise DataError(f"{path}:{reader.line_num}: {e}") from None
-    return np.asarray(users, np.int64), np.asarray(items, np.int64), np.asarray(times, np.int64)
 
 
 def _read_parquet(path: Path) -> pa.Table:
@@ -352,34 +362,23 @@ def _read_recbole_items(path: Path, item_ids: np.ndarray) -> tuple[pa.Table, dic
     """Rows for items no interaction uses are left out and counted."""
     rows: dict[int, tuple[int, str, list[str]]] = {}
     repeated = 0
-    reader = csv.reader((text for _, text in _lines(path)), delimiter="\t", quoting=csv.QUOTE_NONE)
-    try:
-        header = next(reader, None)
-        if header is None:
-            raise DataError(f"{path}: empty file (expected a header line)")
-        header = [h.split(":")[0] for h in header]
-        if "item_id" not in header:
-            raise DataError(f"{path}:1: no item_id column (have {header})")
-        id_col = header.index("item_id")
-        title_col = next((header.index(c) for c in ("movie_title", "title", "name") if c in header), None)
-        cat_col = next((header.index(c) for c in ("class", "genre", "categories") if c in header), None)
-        for row in reader:
-            if not "".join(row).strip():
-                continue
-            where = f"{path}:{reader.line_num}"
-            if len(row) != len(header):
-                raise DataError(f"{where}: expected {len(header)} fields, got {len(row)}")
-            iid = _parse_id(row[id_col], where, "field 'item_id': ")
-            record = (reader.line_num, row[title_col] if title_col is not None else "",
-                      row[cat_col].split() if cat_col is not None else [])
-            if iid in rows:
-                if rows[iid][1:] != record[1:]:
-                    raise DataError(f"{where}: item_id {iid} already given a different record on line {rows[iid][0]}")
-                repeated += 1
-            else:
-                rows[iid] = record
-    except csv.Error as e:
-        raise DataError(f"{path}:{reader.line_num}: {e}") from None
+    lines = _delimited_rows(path, (text for _, text in _lines(path)), {"delimiter": "\t", "quoting": csv.QUOTE_NONE})
+    _, header = next(lines)
+    if "item_id" not in header:
+        raise DataError(f"{path}:1: no item_id column (have {header})")
+    id_col = header.index("item_id")
+    title_col = next((header.index(c) for c in ("movie_title", "title", "name") if c in header), None)
+    cat_col = next((header.index(c) for c in ("class", "genre", "categories") if c in header), None)
+    for lineno, row in lines:
+        where = f"{path}:{lineno}"
+        iid = _parse_id(row[id_col], where, "field 'item_id': ")
+        record = (lineno, row[title_col] if title_col is not None else "", row[cat_col].split() if cat_col is not None else [])
+        if iid in rows:
+            if rows[iid][1:] != record[1:]:
+                raise DataError(f"{where}: item_id {iid} already given a different record on line {rows[iid][0]}")
+            repeated += 1
+        else:
+            rows[iid] = record
     found = [rows.get(i) for i in item_ids.tolist()]
     table = items_table(
         item_ids,

@@ -13,16 +13,34 @@ With `titles`, each item token is followed by its title and a <sep> token. Histo
 `max_history` keep their most recent items (never an error). `encode_prompts` prepends BOS and tokenises
 without the tokenizer's own special-token post-processing, so the ids are the same for a scratch
 tokenizer and a Llama one.
+
+Free text (titles, profiles) is escaped: every special token (ours, and those of the Llama-family bases)
+contains "<", so a title's "<" - and the compatibility forms that NFKC folds into "<" - become "‹"
+(U+2039). A title holding "<i42>" or "<sep>" then stays text and never becomes a special token.
+`build_tokenizer` refuses a base whose special tokens this would not cover.
 """
 
 from __future__ import annotations
 
 from typing import Mapping, Sequence
 
-from llm_i2i.llm.tokenizer import CANDIDATE, HISTORY, SEP, USER, item_token
-
 GENERATOR_INSTRUCTION = "Given the user's recent items, predict the next item."
 DISCRIMINATOR_INSTRUCTION = "Will the user interact with the candidate item? Answer Yes or No."
+# prompt control tokens: this module is the only place that arranges them; the tokenizer adds them
+USER, HISTORY, CANDIDATE, SEP = "<user>", "<history>", "<candidate>", "<sep>"
+CONTROL_TOKENS = (USER, HISTORY, CANDIDATE, SEP)
+SPECIAL_TOKEN_MARK = "<"
+ESCAPED_START = "\u2039"
+_ESCAPES = str.maketrans({c: ESCAPED_START for c in ("<", "\ufe64", "\uff1c")})  # "<", small and fullwidth "<"
+
+
+def item_token(item_id: int) -> str:
+    return f"<i{int(item_id)}>"
+
+
+def escape_text(text: str) -> str:
+    """Free text as it may appear in a prompt: nothing in it can form a special token."""
+    return text.translate(_ESCAPES)
 
 
 def _recent(history: Sequence[int], max_history: int | None) -> list[int]:
@@ -35,14 +53,18 @@ def _recent(history: Sequence[int], max_history: int | None) -> list[int]:
 def _render_items(items: Sequence[int], titles: Mapping[int, str] | None) -> str:
     if titles is None:
         return "".join(item_token(i) for i in items)
-    return "".join(f"{item_token(i)} {(titles.get(i) or '').strip()}{SEP}" for i in items)
+    return "".join(f"{item_token(i)} {_title(titles, i)}{SEP}" for i in items)
+
+
+def _title(titles: Mapping[int, str], item_id: int) -> str:
+    return escape_text((titles.get(int(item_id)) or "").strip())
 
 
 def _user_part(user_id: int | str | None, profile: str | None) -> str:
     if user_id is None and not profile:
         return ""
     text = " ".join(p for p in (None if user_id is None else f"user {user_id}", profile) if p)
-    return f"{USER} {text}"
+    return f"{USER} {escape_text(text)}"
 
 
 def generator_prompt(
@@ -69,7 +91,7 @@ def discriminator_prompt(
     items = _recent(history_item_ids, max_history)
     cand = item_token(candidate_item_id)
     if titles is not None:
-        cand = f" {(titles.get(int(candidate_item_id)) or '').strip()} {cand}"
+        cand = f" {_title(titles, candidate_item_id)} {cand}"
     return f"{DISCRIMINATOR_INSTRUCTION}{_user_part(user_id, profile)}{HISTORY}{_render_items(items, titles)}{CANDIDATE}{cand}"
 
 

@@ -16,17 +16,19 @@ import numpy as np
 import pyarrow as pa
 
 from llm_i2i.llm.bases import resolve_base_model
+from llm_i2i.llm.prompts import (
+    CONTROL_TOKENS,
+    DISCRIMINATOR_INSTRUCTION,
+    ESCAPED_START,
+    GENERATOR_INSTRUCTION,
+    SPECIAL_TOKEN_MARK,
+    escape_text,
+    item_token,
+)
 
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
-# prompt control tokens (prompts.py is the only place that arranges them)
-USER, HISTORY, CANDIDATE, SEP = "<user>", "<history>", "<candidate>", "<sep>"
-CONTROL_TOKENS = (USER, HISTORY, CANDIDATE, SEP)
 YES, NO = "Yes", "No"
 _ITEM_RE = re.compile(r"^<i(-?\d+)>$")
-
-
-def item_token(item_id: int) -> str:
-    return f"<i{int(item_id)}>"
 
 
 def _item_texts(items: pa.Table) -> list[str]:
@@ -50,11 +52,11 @@ def build_tokenizer(items: pa.Table, out_dir: str | Path | None = None, vocab_si
         tok.pre_tokenizer = pre_tokenizers.Whitespace()
         tok.decoder = decoders.BPEDecoder()
         special = [PAD, BOS, EOS, UNK, *CONTROL_TOKENS]
-        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special, show_progress=False)
-        from llm_i2i.llm.prompts import DISCRIMINATOR_INSTRUCTION, GENERATOR_INSTRUCTION
-
+        # the escape character is in the alphabet, so an escaped title never reads as <unk>
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special, show_progress=False,
+                                      initial_alphabet=[ESCAPED_START])
         # the instructions are repeated so their words become whole tokens (shorter prompts)
-        texts = [t for t in _item_texts(items) if t] + [GENERATOR_INSTRUCTION, DISCRIMINATOR_INSTRUCTION] * 200
+        texts = [escape_text(t) for t in _item_texts(items) if t] + [GENERATOR_INSTRUCTION, DISCRIMINATOR_INSTRUCTION] * 200
         tok.train_from_iterator(texts, trainer=trainer)
         hf = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD, bos_token=BOS, eos_token=EOS, unk_token=UNK)
         hf.add_special_tokens({"additional_special_tokens": list(CONTROL_TOKENS)})
@@ -70,9 +72,18 @@ def build_tokenizer(items: pa.Table, out_dir: str | Path | None = None, vocab_si
     # special=True: never split, never normalised; they are kept on decode (skip_special_tokens=False)
     hf.add_tokens([AddedToken(item_token(i), special=True, normalized=False) for i in item_ids.tolist()], special_tokens=True)
     hf.padding_side = "right"
+    _check_escapable(hf)
     if out_dir is not None:
         hf.save_pretrained(str(out_dir))
     return hf
+
+
+def _check_escapable(tokenizer) -> None:
+    """Prompts escape free text by its "<" (see prompts.py); a special token without one could hide in a title."""
+    specials = set(tokenizer.all_special_tokens) | {t.content for t in tokenizer.added_tokens_decoder.values() if t.special}
+    bad = sorted(t for t in specials if SPECIAL_TOKEN_MARK not in t)
+    if bad:
+        raise ValueError(f"tokenizer has special token(s) {bad[:5]} without {SPECIAL_TOKEN_MARK!r}: titles in prompts could form them")
 
 
 def item_vocabulary(tokenizer) -> tuple[np.ndarray, np.ndarray]:

@@ -65,26 +65,30 @@ def _parse_id(text: str, where: str, label: str = "") -> int:
     s = text.strip()
     if not (s.isascii() and s.isdigit()):  # isdigit alone takes '²' and '١'
         if _NEGATIVE_ID.fullmatch(s):
-            raise DataError(f"{where}: {label}id {s!r} is negative (ids are non-negative int64)")
-        raise DataError(f"{where}: {label}{s!r} is not an integer id (ids are written with ASCII digits 0-9)")
-    value = int(s)
-    if value > INT64_MAX:
-        raise DataError(f"{where}: {label}id {s!r} is outside int64")
-    return value
+            raise DataError(f"{where}: {label}id {_cut(s)!r} is negative (ids are non-negative int64)")
+        raise DataError(f"{where}: {label}{_cut(s)!r} is not an integer id (ids are written with ASCII digits 0-9)")
+    if len(s.lstrip("0")) > 19 or int(s) > INT64_MAX:  # int() refuses over 4300 digits
+        raise DataError(f"{where}: {label}id {_cut(s)!r} is outside int64")
+    return int(s)
 
 
 def _parse_timestamp(text: str, where: str, label: str) -> int:
     """An int64, or a float literal with an integral value (`881250949.0`, `1.6e9`: RecBole writes these)."""
     s = text.strip()
     if _INT.fullmatch(s):
-        value = int(s)
+        value = int(s) if len(s.lstrip("+-0")) <= 19 else INT64_MAX + 1  # int() refuses over 4300 digits
     elif _FLOAT.fullmatch(s) and float(s).is_integer():
         value = int(float(s))
     else:
-        raise DataError(f"{where}: {label}{text!r} is not an integer")
+        raise DataError(f"{where}: {label}{_cut(text)!r} is not an integer")
     if not -INT64_MAX - 1 <= value <= INT64_MAX:
-        raise DataError(f"{where}: {label}{s!r} is outside int64")
+        raise DataError(f"{where}: {label}{_cut(s)!r} is outside int64")
     return value
+
+
+def _cut(text: str) -> str:
+    """Bounded text for messages (a 5000-digit id must not flood the terminal)."""
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 # ---------------------------------------------------------------- S3-Rec sequence files (+ item_text.jsonl)
@@ -178,8 +182,7 @@ def read_item_text(path: Path, item_ids: np.ndarray) -> tuple[pa.Table, dict[str
 
 def _shown(value: Any) -> str:
     """A JSON value as the file spells it, cut short."""
-    text = json.dumps(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return _cut(json.dumps(value))
 
 
 def _checked_text(value: str, where: str, name: str) -> str:

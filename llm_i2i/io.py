@@ -1,4 +1,8 @@
-"""Atomic artifact writes: every file appears whole (temp file + rename) or not at all."""
+"""Atomic, durable artifact writes: every file appears whole (temp file + rename) or not at all.
+
+Durable: the data is fsynced before the rename and the directory after it, so after a power cut a committed
+name never points at a short or empty file (ext4/xfs may otherwise persist the rename before the data).
+"""
 
 from __future__ import annotations
 
@@ -25,7 +29,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        fsync_file(tmp_path)
         os.replace(tmp_path, path)
+        fsync_dir(path.parent)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -39,6 +45,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
+        fsync_tree(tmp)
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -47,9 +54,37 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
+        fsync_dir(path.parent)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def fsync_file(path: str | os.PathLike) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Persist a directory's entries (a rename into it, a new file); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: str | os.PathLike) -> None:
+    """fsync every file under `root`, then every directory bottom-up (before the tree is renamed into place)."""
+    for dirpath, _, files in os.walk(root, topdown=False):
+        for name in files:
+            p = os.path.join(dirpath, name)
+            if not os.path.islink(p):
+                fsync_file(p)
+        fsync_dir(dirpath)
 
 
 def write_parquet(table: pa.Table, path: str | os.PathLike, **kwargs: Any) -> Path:

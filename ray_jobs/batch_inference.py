@@ -5,6 +5,12 @@ The per-batch work is a plain function `batch_fn(engine, batch: pa.Table, **kwar
 `map_batches(EngineActor, concurrency=num_actors, num_cpus=actor_num_cpus)` -> stream the results into a
 Parquet file written atomically, logging rows/s and ETA. `num_actors=0` runs the same function in this
 process without Ray: the in-process reference the benchmark and tests compare against.
+
+Failure limits: rows that come back with `error` set are counted; once more than `max_error_fraction` of the
+input rows have errored the run stops with `ErrorBudgetExceeded` (the counts in its message) and the output file
+is never moved into place, so the stage is not committed and nothing caches it. A crashed actor is restarted at
+most `MAX_ACTOR_RESTARTS` times and a batch retried at most `MAX_TASK_RETRIES` times (Ray Data's default is
+unbounded: a checkpoint that kills its actor would loop forever).
 """
 
 from __future__ import annotations
@@ -21,6 +27,13 @@ import pyarrow.parquet as pq
 
 from llm_i2i.io import atomic_path
 from llm_i2i.progress import Progress, log
+
+MAX_ACTOR_RESTARTS = 3
+MAX_TASK_RETRIES = 2
+
+
+class ErrorBudgetExceeded(RuntimeError):
+    """Too many rows errored for the output to be worth keeping."""
 
 
 @dataclass
@@ -74,6 +87,7 @@ def _batches_on_ray(table: pa.Table, spec: EngineSpec, batch_fn, batch_kwargs, n
     ds = ds.map_batches(
         EngineActor, fn_constructor_kwargs=dict(spec=spec, batch_fn=batch_fn, batch_kwargs=batch_kwargs),
         concurrency=num_actors, num_cpus=actor_num_cpus, batch_size=batch_size, batch_format="pyarrow",
+        max_restarts=MAX_ACTOR_RESTARTS, max_task_retries=MAX_TASK_RETRIES,  # ray_remote_args of the actors
     )
     yield from ds.iter_batches(batch_size=None, batch_format="pyarrow")
 
@@ -81,11 +95,13 @@ def _batches_on_ray(table: pa.Table, spec: EngineSpec, batch_fn, batch_kwargs, n
 def map_with_engine(table: pa.Table, batch_fn: Callable[..., pa.Table], batch_kwargs: dict[str, Any],
                     spec: EngineSpec, schema: pa.Schema, out_path: str | Path, *, num_actors: int,
                     actor_num_cpus: float, batch_size: int, units_of: Callable[[pa.Table], int] | None = None,
-                    desc: str = "inference", unit: str = "rows") -> dict[str, Any]:
+                    max_error_fraction: float, desc: str = "inference", unit: str = "rows") -> dict[str, Any]:
     """Apply `batch_fn` to every batch of `table` and write the concatenated output to `out_path`.
 
     Output batches must follow `schema` and carry an `error` column (null = ok); errors are counted by
-    their kind (text before the first ':'). `units_of(out_batch)` counts progress units (default: rows of
+    their kind (text before the first ':'). A failed input row gives one error row, so the error fraction is
+    error rows / input rows; past `max_error_fraction` this raises `ErrorBudgetExceeded` as soon as that is
+    certain, and `out_path` is left untouched. `units_of(out_batch)` counts progress units (default: rows of
     `table` are assumed 1:1 with output rows).
     """
     units_of = units_of or (lambda b: b.num_rows)
@@ -105,6 +121,12 @@ def map_with_engine(table: pa.Table, batch_fn: Callable[..., pa.Table], batch_kw
                 for e in batch.column("error").drop_null().to_pylist():
                     errors[e.split(":", 1)[0]] += 1
                 progress.update(units_of(batch), errors=sum(errors.values()))
+                if sum(errors.values()) > max_error_fraction * table.num_rows:
+                    progress.close()
+                    raise ErrorBudgetExceeded(
+                        f"{desc}: {sum(errors.values())} of {table.num_rows} {unit} errored (more than "
+                        f"max_error_fraction={max_error_fraction:g}); by kind: {dict(errors)}. Nothing was written "
+                        f"to {out_path}")
     seconds = time.perf_counter() - t0
     progress.close()
     if errors:

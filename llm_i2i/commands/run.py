@@ -17,6 +17,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from llm_i2i.pipeline.artifacts import ArtifactStore
     from llm_i2i.pipeline.jobs import init_ray, pipeline_config, ray_map
     from llm_i2i.pipeline.runner import run_pipeline
 
@@ -24,7 +25,8 @@ def run(args: argparse.Namespace) -> int:
     if args.config is None and quickstart.exists():  # a source checkout; an installed wheel uses the defaults
         args.config = str(quickstart)
     cfg = pipeline_config(args)
-    init_ray(cfg, args.address)
-    run_pipeline(cfg, args.out, map_fn=ray_map(cfg.cpus_per_fit))
+    with ArtifactStore(args.out).locked():  # before Ray starts: a second run on this --out stops at once
+        init_ray(cfg, args.address)
+        run_pipeline(cfg, args.out, map_fn=ray_map(cfg.cpus_per_fit))
     print(f"\nreport: {args.out}/report.md (json: {args.out}/report.json, plots: {args.out}/plots/)")
     return 0

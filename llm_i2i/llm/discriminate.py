@@ -18,8 +18,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from llm_i2i.llm.generate import (HISTORY, SPLITS, call_per_row_on_failure, check_history, engine_spec,
-                                  split_sequences)
+from llm_i2i.llm.generate import (DEFAULT_MAX_ERROR_FRACTION, HISTORY, SPLITS, call_per_row_on_failure,
+                                  check_error_fraction, check_history, engine_spec, split_sequences)
 from llm_i2i.llm.inference import ENGINES, InferenceEngine
 
 POSITION = "position"  # optional input column: index of a real interaction in the user's full sequence
@@ -36,8 +36,10 @@ class DiscriminateConfig:
     engine_options: dict[str, Any] = field(default_factory=dict)  # passed to the engine's constructor
     history_len: int = 10  # most recent items shown in the prompt
     split: str = "train"  # history for pairs without a position: 'train' | 'train_valid' | 'full'
+    max_error_fraction: float = DEFAULT_MAX_ERROR_FRACTION  # pairs that could not be scored, at most
 
     def validate(self) -> None:
+        check_error_fraction(self.max_error_fraction)
         if self.engine not in ENGINES:
             raise ValueError(f"engine must be one of {ENGINES}, got {self.engine!r}")
         if self.history_len < 1 or self.batch_size < 1 or self.num_actors < 0 or self.actor_num_cpus <= 0:
@@ -133,8 +135,8 @@ def run_discriminate(cfg: DiscriminateConfig, checkpoint_dir: str | Path, datase
     spec = engine_spec(cfg, checkpoint_dir, ds.items)
     run = map_with_engine(requests, discriminate_batch, dict(history_len=cfg.history_len), spec,
                           output_schema(requests.schema), out_path, num_actors=cfg.num_actors,
-                          actor_num_cpus=cfg.actor_num_cpus, batch_size=cfg.batch_size, desc="discriminate",
-                          unit="pairs")
+                          actor_num_cpus=cfg.actor_num_cpus, batch_size=cfg.batch_size,
+                          max_error_fraction=cfg.max_error_fraction, desc="discriminate", unit="pairs")
     return {
         "pairs_in": pairs.num_rows,
         "rows_out": run["rows_out"],

@@ -29,6 +29,9 @@ CANDIDATES_SCHEMA = pa.schema(
     ]
 )
 HISTORY = "history"  # request column: list<int64> of external item ids, oldest first
+# more error rows than this fraction of the requests: the model or the data is broken, not a few odd rows; the
+# stage then fails with the counts and is not committed (`ray_jobs.batch_inference.ErrorBudgetExceeded`)
+DEFAULT_MAX_ERROR_FRACTION = 0.1
 
 
 @dataclass
@@ -44,8 +47,10 @@ class GenerateConfig:
     engine_options: dict[str, Any] = field(default_factory=dict)  # e.g. {device: cuda, dtype: bfloat16} or vLLM args
     split: str = "train"  # which history to condition on: 'train' (items[:-2]), 'train_valid', 'full'
     max_users: int | None = None  # first N users only (smoke runs)
+    max_error_fraction: float = DEFAULT_MAX_ERROR_FRACTION  # users whose request errored, at most
 
     def validate(self) -> None:
+        check_error_fraction(self.max_error_fraction)
         if self.recall_number < 1:
             raise ValueError(f"recall_number must be >= 1, got {self.recall_number}")
         if self.history_len < 1:
@@ -61,6 +66,11 @@ class GenerateConfig:
 
 
 SPLITS = ("train", "train_valid", "full")
+
+
+def check_error_fraction(value: float) -> None:
+    if not 0 <= value <= 1:
+        raise ValueError(f"max_error_fraction must be in [0, 1], got {value}")
 
 
 def split_sequences(seqs, split: str):
@@ -191,7 +201,8 @@ def run_generate(cfg: GenerateConfig, checkpoint_dir: str | Path, dataset_dir: s
         requests, generate_batch,
         dict(recall_number=cfg.recall_number, exclude_history=cfg.exclude_history, history_len=cfg.history_len),
         spec, CANDIDATES_SCHEMA, out_path, num_actors=cfg.num_actors, actor_num_cpus=cfg.actor_num_cpus,
-        batch_size=cfg.batch_size, units_of=users_in, desc="generate", unit="users",
+        batch_size=cfg.batch_size, units_of=users_in, max_error_fraction=cfg.max_error_fraction, desc="generate",
+        unit="users",
     )
     seconds = time.perf_counter() - t0
     return {

@@ -4,24 +4,32 @@ Layout: ``<root>/<stage>/`` holds the stage's files and, written LAST, ``manifes
 its hash, the input artifacts and their content hashes, output file hashes, row counts, timings). The
 manifest is the commit marker: a directory without one is an unfinished (crashed) run and is redone.
 
-A stage is skipped when its manifest exists with the same config hash and the same input hashes, so a
-killed pipeline resumes at the first unfinished stage. Locally, outputs are built in a temp directory and
-renamed into place (atomic). For any other pyarrow filesystem URI (``s3://``, ``gs://``, ``file://``...)
-the stage runs in a local scratch directory that is then uploaded file by file, manifest last; inputs are
-downloaded into a local cache first, because the stages' libraries (HF, Ray Data) want local paths.
+A stage is skipped when its manifest exists with the same config hash and the same input hashes (content
+hashes: other stages' outputs, and `fingerprint_path` of anything outside the store), so a killed pipeline
+resumes at the first unfinished stage. Locally, outputs are built in a temp directory, fsynced and renamed into
+place (atomic, durable). For any other pyarrow filesystem URI (``s3://``, ``gs://``, ``file://``...) the stage
+runs in a local scratch directory that is then uploaded file by file, manifest last; inputs are downloaded into
+a private per-user local cache first, because the stages' libraries (HF, Ray Data) want local paths.
+
+One process at a time writes a root: `ArtifactStore.locked()` holds an exclusive lock on it (released by the
+kernel when the process dies, so a killed run never blocks the next one).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pyarrow.fs as pafs
 
@@ -30,6 +38,11 @@ from llm_i2i.io import atomic_dir, sha256_file, write_json
 from llm_i2i.progress import log
 
 MANIFEST = "manifest.json"
+LOCK = ".lock"
+
+
+class OutDirInUse(ValueError):
+    """Another process is writing this output root (a ValueError: the CLI reports it and exits 2)."""
 
 
 def _is_uri(root: str) -> bool:
@@ -69,8 +82,7 @@ class ArtifactStore:
         if _is_uri(self.root):
             self.fs, self.base = pafs.FileSystem.from_uri(self.root)
             if self.cache_dir is None:
-                key = hashlib.sha256(self.root.encode()).hexdigest()[:12]
-                self.cache_dir = Path(tempfile.gettempdir()) / f"llm_i2i_cache_{key}"
+                self.cache_dir = private_cache_dir(self.root)
         else:
             self.fs, self.base = None, str(Path(self.root).resolve())
 
@@ -82,10 +94,76 @@ class ArtifactStore:
             return Path(self.base) / name
         return Path(self.cache_dir) / name
 
-    def work_dir(self, name: str) -> Path:
-        """A persistent local scratch directory for a stage that checkpoints its own progress (SFT)."""
-        base = Path(self.base) if self.fs is None else Path(self.cache_dir)
-        return base / "_work" / name
+    def work_dir(self, name: str, key: str) -> Path:
+        """A persistent local scratch directory for a stage that checkpoints its own progress (SFT), one per `key`
+        (`stage_key` of what the work depends on), so a run with other data or config never resumes another's."""
+        return self._local_base() / "_work" / f"{name}-{key}"
+
+    def prune_work_dirs(self, name: str, keep: Path) -> None:
+        """Remove the stage's work directories of superseded keys (and the unkeyed one of older versions), with
+        their `.<dir>.resume` siblings."""
+        work = self._local_base() / "_work"
+        for d in list(work.glob(f"{name}*")) + list(work.glob(f".{name}*.resume")):
+            base = d.name[1:-len(".resume")] if d.name.endswith(".resume") else d.name
+            if base != keep.name and (base == name or base.startswith(f"{name}-")):
+                shutil.rmtree(d, ignore_errors=True)
+
+    def _local_base(self) -> Path:
+        return Path(self.base) if self.fs is None else Path(self.cache_dir)
+
+    @staticmethod
+    def stage_key(config: dict[str, Any], inputs: dict[str, Artifact],
+                  external_inputs: dict[str, str] | None = None) -> str:
+        """Short hash of a stage's config and its inputs' content hashes: what `run_stage` skips on."""
+        hashes = {**{k: a.content_hash for k, a in inputs.items()}, **(external_inputs or {})}
+        return config_hash({"config": config, "inputs": dict(sorted(hashes.items()))})
+
+    # ------------------------------------------------------------------ locking
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the root's exclusive lock (re-entrant within this process); raise `OutDirInUse` if another holds it.
+
+        On acquiring it, temp/old directories that a killed run left at the root are removed. For a remote root the
+        lock file lives in the local cache, so it stops a second run on this machine only.
+        """
+        lock_path = self._local_base() / LOCK
+        key = str(lock_path)
+        with _HELD_GUARD:
+            held = _HELD.get(key)
+            if held is not None:
+                held[1] += 1
+        if held is None:
+            lock_path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                owner = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown process"
+                os.close(fd)
+                raise OutDirInUse(f"{self.root} is in use by another llm-i2i run ({owner}); wait for it to finish "
+                                  f"or choose another --out") from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} since {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n".encode(), 0)
+            with _HELD_GUARD:
+                _HELD[key] = [fd, 1]
+            self._remove_leftovers()
+        try:
+            yield
+        finally:
+            with _HELD_GUARD:
+                entry = _HELD[key]
+                entry[1] -= 1
+                if entry[1] == 0:
+                    del _HELD[key]
+                    os.close(entry[0])  # closing releases the flock
+
+    def _remove_leftovers(self) -> None:
+        """`.<stage>.<random>.tmp` / `.<stage>.old` directories at the root: a killed run's half-built stages."""
+        base = self._local_base()
+        for p in list(base.glob(".*.tmp")) + list(base.glob(".*.old")):
+            log.info(f"removing {p}: left by an interrupted run")
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
     def manifest(self, name: str) -> dict[str, Any] | None:
         if self.fs is None:
@@ -125,6 +203,10 @@ class ArtifactStore:
 
         `external_inputs` are fingerprints of things outside the store (a data path, a reused checkpoint).
         """
+        with self.locked():
+            return self._run_stage(name, config, inputs, fn, external_inputs)
+
+    def _run_stage(self, name, config, inputs, fn, external_inputs) -> StageResult:
         input_hashes = {k: a.content_hash for k, a in sorted(inputs.items())}
         input_hashes.update({k: v for k, v in sorted((external_inputs or {}).items())})
         chash = config_hash(config)
@@ -191,11 +273,48 @@ class ArtifactStore:
             f.write((json.dumps(manifest, indent=2, default=str) + "\n").encode())
 
 
+_HELD: dict[str, list] = {}  # lock file -> [fd, depth] of the locks this process holds
+_HELD_GUARD = threading.Lock()
+
+
 def fingerprint_path(path: str | os.PathLike) -> str:
-    """Cheap content fingerprint of an input outside the store: names, sizes and mtimes of its files."""
+    """Content fingerprint of an input outside the store (a data file or directory, a checkpoint): the relative
+    names and SHA-256 of its files. Content, not size/mtime: an edit that keeps both still changes it."""
     p = Path(path)
     if not p.exists():
         return f"missing:{p}"
     files = [p] if p.is_file() else sorted(q for q in p.rglob("*") if q.is_file())
-    rows = [(str(q.relative_to(p) if p.is_dir() else q.name), q.stat().st_size, int(q.stat().st_mtime)) for q in files]
+    rows = [(str(q.relative_to(p) if p.is_dir() else q.name), sha256_file(q)) for q in files]
     return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
+
+
+def private_cache_dir(root: str) -> Path:
+    """The local cache of a remote root: `<user cache dir>/llm_i2i/remote-<hash of root>`, mode 0700.
+
+    Under the user's own cache directory (XDG_CACHE_HOME or ~/.cache), never a predictable name in a shared /tmp
+    that another user could create first and fill. Where that directory cannot be used, a fresh
+    `tempfile.mkdtemp` (private, not reused across runs).
+    """
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "llm_i2i"
+    key = hashlib.sha256(root.encode()).hexdigest()[:16]
+    try:
+        base.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _require_private(base)
+        path = base / f"remote-{key}"
+        path.mkdir(exist_ok=True, mode=0o700)
+        _require_private(path)
+        return path
+    except OSError as e:
+        path = Path(tempfile.mkdtemp(prefix=f"llm_i2i_cache_{key}_"))
+        log.warning(f"cache for {root}: {e}; using the private temp directory {path} (not reused by later runs)")
+        return path
+
+
+def _require_private(path: Path) -> None:
+    """A real directory owned by this user, closed to others (tightened to 0700 if it is ours but wider)."""
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+        raise PermissionError(f"{path}: not a directory owned by this user (uid {os.getuid()}); refusing to cache "
+                              f"artifacts there")
+    if st.st_mode & 0o077:
+        os.chmod(path, 0o700)

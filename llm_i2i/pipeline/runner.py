@@ -75,22 +75,26 @@ def run_stage(name: str, cfg: PipelineConfig, out: str, ops: st.LLMOps | None = 
     if name not in STAGE_FUNCS:
         raise ValueError(f"unknown stage {name!r}; stages: {STAGES}")
     store = store or ArtifactStore(out)
-    return STAGE_FUNCS[name](store, cfg, ops or st.real_llm_ops(), map_fn)
+    with store.locked():
+        return STAGE_FUNCS[name](store, cfg, ops or st.real_llm_ops(), map_fn)
 
 
 def run_pipeline(cfg: PipelineConfig, out: str, ops: st.LLMOps | None = None, map_fn: st.MapFn = st.serial_map,
                  until: str | None = None) -> dict[str, Any]:
-    """Every stage in order (finished ones are skipped), then `report.json`/`report.md`/plots under `out`."""
+    """Every stage in order (finished ones are skipped), then `report.json`/`report.md`/plots under `out`.
+
+    Holds `out`'s lock throughout: a second run on the same `out` raises `OutDirInUse` at once."""
     from llm_i2i.pipeline.report import write_report
 
     ops = ops or st.real_llm_ops()
     store = ArtifactStore(out)
-    t0 = time.perf_counter()
-    for i, name in enumerate(STAGES, 1):
-        log.info(f"=== stage {i}/{len(STAGES)}: {name}")
-        run_stage(name, cfg, out, ops, map_fn, store)
-        if name == until:
-            return {"stopped_after": name, "history": store.history}
-    report = write_report(store, cfg, wall_seconds=time.perf_counter() - t0)
+    with store.locked():
+        t0 = time.perf_counter()
+        for i, name in enumerate(STAGES, 1):
+            log.info(f"=== stage {i}/{len(STAGES)}: {name}")
+            run_stage(name, cfg, out, ops, map_fn, store)
+            if name == until:
+                return {"stopped_after": name, "history": store.history}
+        report = write_report(store, cfg, wall_seconds=time.perf_counter() - t0)
     log.info(f"pipeline finished in {time.perf_counter() - t0:,.1f}s; report at {out}/report.md")
     return report

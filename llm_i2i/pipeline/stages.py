@@ -137,16 +137,20 @@ def sft(store: ArtifactStore, cfg: PipelineConfig, role: str, data: Artifact, op
         ckpt = Path(reuse).resolve()
         if not ckpt.exists():
             raise FileNotFoundError(f"{role}_checkpoint: {ckpt} does not exist")
+        content = fingerprint_path(ckpt)
 
         def register(out: Path) -> dict[str, Any]:
-            write_json({"path": str(ckpt), "reused": True}, out / "checkpoint.json")
+            # the content hash goes into the artifact, so an edited checkpoint changes this stage's output_hash
+            # and every stage downstream re-runs
+            write_json({"path": str(ckpt), "reused": True, "content_hash": content}, out / "checkpoint.json")
             m = ckpt / "llm_i2i_manifest.json"
             return {"reused": str(ckpt), "sft_manifest": json.loads(m.read_text()) if m.exists() else None}
 
-        return store.run_stage(name, {"reuse": str(ckpt)}, {}, register, {"checkpoint": fingerprint_path(ckpt)})
+        return store.run_stage(name, {"reuse": str(ckpt)}, {}, register, {"checkpoint": content})
 
     sft_cfg = {**(cfg.sft_generator if role == "generator" else cfg.sft_discriminator), "role": role}
     inputs = {"prepare": data}
+    external: dict[str, str] = {}
     run_cfg = sft_cfg
     if init_from is not None:
         # the stage hash sees the base checkpoint through its content hash (an input), not its path, so a moved
@@ -154,7 +158,11 @@ def sft(store: ArtifactStore, cfg: PipelineConfig, role: str, data: Artifact, op
         sft_cfg["model"] = {**sft_cfg.get("model", {}), "base_model": "<init_from>"}
         run_cfg = {**sft_cfg, "model": {**sft_cfg["model"], "base_model": str(checkpoint_of(init_from))}}
         inputs["init_from"] = init_from
-    work = store.work_dir(name)  # outside the atomic dir so an interrupted SFT resumes from its checkpoints
+    elif sft_cfg.get("model", {}).get("base_model"):  # a pretrained checkpoint on disk: keyed by its content
+        external["base_model"] = fingerprint_path(sft_cfg["model"]["base_model"])
+    # outside the atomic dir so an interrupted SFT resumes from its checkpoints; keyed by the config and the content
+    # hashes of the data and base checkpoint, so new data never resumes (or reuses the finished model of) an old run
+    work = store.work_dir(name, store.stage_key(sft_cfg, inputs, external))
 
     def train(out: Path) -> dict[str, Any]:
         ckpt = ops.sft(run_cfg, dataset_dir(data), work)
@@ -165,7 +173,9 @@ def sft(store: ArtifactStore, cfg: PipelineConfig, role: str, data: Artifact, op
         m = out / "model" / "llm_i2i_manifest.json"
         return {"sft_manifest": json.loads(m.read_text()) if m.exists() else None}
 
-    return store.run_stage(name, sft_cfg, inputs, train)
+    result = store.run_stage(name, sft_cfg, inputs, train, external)
+    store.prune_work_dirs(name, keep=work)
+    return result
 
 
 def generate(store: ArtifactStore, cfg: PipelineConfig, data: Artifact, gen: Artifact, ops: LLMOps,

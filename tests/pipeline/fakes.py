@@ -1,12 +1,18 @@
 """Deterministic stand-ins for the LLM calls, so orchestration is tested without training a model.
 
 They write the same tables as `llm_i2i.llm.generate` / `discriminate` (candidates with rank, pairs with
-confidence + error) and count their calls, so tests can assert what ran and what was skipped.
+confidence + error) and count their calls, so tests can assert what ran and what was skipped. `sft` reuses a
+finished checkpoint in its work directory when the config matches, as `llm_i2i.llm.sft.run_sft` does, and
+records which data it was trained on.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -31,10 +37,15 @@ class FakeLLM:
             raise RuntimeError(f"injected failure in {op}")
 
     def sft(self, cfg, dataset_dir: Path, out_dir: Path) -> Path:
-        self.calls["sft_" + cfg["role"]] += 1
         self.sft_configs[cfg["role"]] = cfg
+        manifest = out_dir / "llm_i2i_manifest.json"
+        if manifest.exists() and json.loads(manifest.read_text())["config"] == cfg:
+            self.calls["sft_reused_" + cfg["role"]] += 1
+            return out_dir
+        self.calls["sft_" + cfg["role"]] += 1
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "llm_i2i_manifest.json").write_text(json.dumps({"role": cfg["role"], "fake": True}))
+        data = hashlib.sha256((Path(dataset_dir) / "interactions.parquet").read_bytes()).hexdigest()
+        manifest.write_text(json.dumps({"role": cfg["role"], "fake": True, "config": cfg, "trained_on": data}))
         return out_dir
 
     def generate(self, cfg, ckpt, dataset_dir, out_path):
@@ -75,3 +86,26 @@ class FakeLLM:
 
     def ops(self) -> LLMOps:
         return LLMOps(self.sft, self.generate, self.discriminate, self.evaluate_generator, self.discriminator_auc)
+
+
+class HangingLLM(FakeLLM):
+    """Writes part of `generate`'s output, signals `ready`, then hangs until the test SIGKILLs the process."""
+
+    def __init__(self, ready: Path):
+        super().__init__()
+        self.ready = ready
+
+    def generate(self, cfg, ckpt, dataset_dir, out_path):
+        pq.write_table(pa.table({"user_id": np.arange(10)}), out_path)
+        self.ready.write_text(str(os.getpid()))
+        time.sleep(600)
+        raise AssertionError("should have been killed")
+
+
+if __name__ == "__main__":  # python -m tests.pipeline.fakes CONFIG_JSON OUT READY: a pipeline run to be killed
+    from llm_i2i.config import from_dict
+    from llm_i2i.pipeline.config import PipelineConfig
+    from llm_i2i.pipeline.runner import run_pipeline
+
+    config, out, ready = sys.argv[1:]
+    run_pipeline(from_dict(PipelineConfig, json.loads(config)), out, HangingLLM(Path(ready)).ops())

@@ -115,8 +115,7 @@ class ArtifactStore:
     def stage_key(config: dict[str, Any], inputs: dict[str, Artifact],
                   external_inputs: dict[str, str] | None = None) -> str:
         """Short hash of a stage's config and its inputs' content hashes: what `run_stage` skips on."""
-        hashes = {**{k: a.content_hash for k, a in inputs.items()}, **(external_inputs or {})}
-        return config_hash({"config": config, "inputs": dict(sorted(hashes.items()))})
+        return config_hash({"config": config, "inputs": _input_hashes(inputs, external_inputs)})
 
     # ------------------------------------------------------------------ locking
 
@@ -147,8 +146,9 @@ class ArtifactStore:
             os.pwrite(fd, f"pid {os.getpid()} since {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n".encode(), 0)
             with _HELD_GUARD:
                 _HELD[key] = [fd, 1]
-            self._remove_leftovers()
         try:
+            if held is None:
+                self._remove_leftovers()
             yield
         finally:
             with _HELD_GUARD:
@@ -207,8 +207,7 @@ class ArtifactStore:
             return self._run_stage(name, config, inputs, fn, external_inputs)
 
     def _run_stage(self, name, config, inputs, fn, external_inputs) -> StageResult:
-        input_hashes = {k: a.content_hash for k, a in sorted(inputs.items())}
-        input_hashes.update({k: v for k, v in sorted((external_inputs or {}).items())})
+        input_hashes = _input_hashes(inputs, external_inputs)
         chash = config_hash(config)
         existing = self.manifest(name)
         if existing and existing.get("config_hash") == chash and existing.get("inputs") == input_hashes:
@@ -271,6 +270,12 @@ class ArtifactStore:
         pafs.copy_files(str(local), dest, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=self.fs)
         with self.fs.open_output_stream(old) as f:
             f.write((json.dumps(manifest, indent=2, default=str) + "\n").encode())
+
+
+def _input_hashes(inputs: dict[str, Artifact], external_inputs: dict[str, str] | None) -> dict[str, str]:
+    hashes = {k: a.content_hash for k, a in sorted(inputs.items())}
+    hashes.update(sorted((external_inputs or {}).items()))
+    return hashes
 
 
 _HELD: dict[str, list] = {}  # lock file -> [fd, depth] of the locks this process holds

@@ -1,0 +1,96 @@
+"""Issue 18: the same --out with changed data retrains the SFT stages; the same data again does not.
+
+Three runs of the real pipeline (real SFT of two tiny models) up to `sft_discriminator` on one output directory:
+data A, data A again, then data B written to the same path. For each run: what the SFT stages did, their seconds,
+and the SHA-256 of the shipped generator weights, to see whether a changed dataset ships a model trained on it.
+
+    PYTHONPATH=$PWD .venv/bin/python benchmarks/pipeline_data_change.py --work /tmp/dc \
+        --json benchmarks/results/pipeline_data_change.json
+(run it with PYTHONPATH at an older checkout to see that code's behaviour on the same script)
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SYNTHETIC = {"n_users": 300, "n_items": 80, "n_groups": 4}
+TINY_MODEL = {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64, "vocab_size": 200}
+CONFIG = {
+    "backbones": ["swing"],
+    "sft_generator": {"epochs": 2, "batch_size": 32, "eval_users": 100, "threads": 1, "model": TINY_MODEL},
+    "sft_discriminator": {"epochs": 1, "batch_size": 32, "eval_users": 100, "threads": 1},
+    "ablations": False,
+}
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+
+
+def one_run(label: str, data: Path, out: Path) -> dict:
+    from llm_i2i.config import from_dict
+    from llm_i2i.pipeline.config import PipelineConfig
+    from llm_i2i.pipeline.runner import run_pipeline
+    from llm_i2i.pipeline.stages import real_llm_ops
+
+    t0 = time.perf_counter()
+    result = run_pipeline(from_dict(PipelineConfig, {**CONFIG, "data": str(data)}), str(out), real_llm_ops(),
+                          until="sft_discriminator")
+    wall = time.perf_counter() - t0
+    history = {h["stage"]: h for h in result["history"]}
+    return {
+        "run": label,
+        "data_sha256": sha(data / "interactions.parquet"),
+        **{f"{s}_status": history[s]["status"] for s in ("prepare", "sft_generator", "sft_discriminator")},
+        **{f"{s}_seconds": round(history[s]["seconds"], 2) for s in ("sft_generator", "sft_discriminator")},
+        "generator_weights_sha256": sha(out / "sft_generator" / "model" / "model.safetensors"),
+        "generator_trained_on_this_data": json.loads(
+            (out / "sft_generator" / "model" / "llm_i2i_manifest.json").read_text())["examples"],
+        "wall_seconds": round(wall, 2),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from llm_i2i.data import load_dataset, save_dataset
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--work", required=True, help="scratch directory (emptied first)")
+    p.add_argument("--json", help="write the result here")
+    args = p.parse_args(argv)
+    work = Path(args.work)
+    shutil.rmtree(work, ignore_errors=True)
+    data, out = work / "data", work / "out"
+    rows = []
+    for label, seed in (("1: data A", 1), ("2: data A again", 1), ("3: data B at the same path", 2)):
+        if seed != 1 or not data.exists():
+            save_dataset(load_dataset("default", **SYNTHETIC, seed=seed), data)
+        rows.append(one_run(label, data, out))
+        print(json.dumps(rows[-1]), flush=True)
+    import llm_i2i
+
+    code = Path(llm_i2i.__file__).resolve().parents[1]
+    rev = subprocess.run(["git", "-C", str(code), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "-C", str(code), "status", "--porcelain", "--", "llm_i2i", "ray_jobs"],
+                           capture_output=True, text=True).stdout.strip()
+    result = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "code": str(code),
+              "code_version": rev + ("+dirty" if dirty else ""), "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "machine": f"{platform.node()} {platform.machine()} {platform.processor() or ''}".strip(),
+              "config": CONFIG, "synthetic": SYNTHETIC, "runs": rows,
+              "retrained_on_new_data": rows[2]["generator_weights_sha256"] != rows[0]["generator_weights_sha256"],
+              "skipped_on_same_data": rows[1]["sft_generator_status"] == "skipped"}
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()

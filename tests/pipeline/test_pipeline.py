@@ -216,8 +216,9 @@ def test_changed_data_retrains_sft_unchanged_data_does_not(tmp_path):
     assert len(work) == 1  # the old data's work directory was pruned
 
 
-def test_pyarrow_filesystem_uri(tmp_path):
+def test_pyarrow_filesystem_uri(tmp_path, monkeypatch):
     """Any pyarrow filesystem URI works as the output root (here file://, through the upload/download path)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the local cache of remote roots
     out = tmp_path / "remote"
     cfg = tiny_config(backbones=["swing"], ablations=False, recall_numbers=[], confidence_levels=[], score_real=False)
     report = run_pipeline(cfg, out.as_uri(), FakeLLM().ops())

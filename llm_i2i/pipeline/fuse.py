@@ -3,11 +3,12 @@
 Rules, in order, each counted in the report (nothing is dropped silently):
 
 * a synthetic candidate is dropped if its generation/scoring failed (`error` not null), if its user or item
-  is not in the training vocabulary, if its rank is >= `recall_number` (Figure 5a), if its confidence is below
+  is not in the training vocabulary, if its rank is >= `max_rank` (Figure 5a's N), if its confidence is below
   `threshold` (when `use_discriminator`), if the user already has that item in the training history, or if it
   repeats an earlier candidate of the same user;
-* the paper keeps pairs the discriminator answers "Yes" with confidence 1.0; P(Yes) of a bf16/fp32 model is
-  rarely exactly 1.0, so the default cut is `confidence >= 0.995`;
+* the paper keeps pairs the discriminator answers "Yes" with confidence 1.0; P(Yes) of a small model rarely
+  reaches 1.0 and its scale differs per dataset, so the default cut is `auto`: `tune.choose_cut` picks it on
+  VALIDATION Recall@10 (possibly "keep none"), and `resolve` writes the chosen cut into the config;
 * kept synthetic items join the user's sequence AFTER the real training history, in generator rank order
   (timestamp = position), so sequence-aware backbones see them as the most recent clicks;
 * `filter_real` ("w/o generator" ablation): real training interactions the discriminator scores below
@@ -16,7 +17,7 @@ Rules, in order, each counted in the report (nothing is dropped silently):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -27,22 +28,44 @@ from llm_i2i.data.schema import SOURCE_REAL, SOURCE_SYNTHETIC
 from llm_i2i.data.sequences import Sequences
 
 
+AUTO = "auto"
+PLAIN_YES = 0.5  # "w/o threshold": every pair the discriminator answers Yes, P(Yes) >= 0.5
+
+
 @dataclass
 class FuseConfig:
-    threshold: float = 0.995  # keep synthetic pairs with P(Yes) >= threshold ("Yes with confidence 1.0")
+    # keep synthetic pairs with P(Yes) >= threshold; "auto": the cut with the best VALIDATION Recall@10
+    threshold: float | str = AUTO
+    # the cuts `auto` tries: confidence quantiles that keep these fractions of the scored candidates (plus
+    # "keep none"), so the grid follows each discriminator's own scale
+    auto_kept_fractions: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
     use_discriminator: bool = True  # False = "w/o discriminator": every generated pair is kept
     add_synthetic: bool = True  # False = "w/o generator": no synthetic pairs at all
-    recall_number: int | None = None  # keep generator ranks < N (None = all that were generated)
+    max_rank: int | None = None  # keep generator ranks < max_rank (Figure 5a's N; None = all generated)
     filter_real: bool = False  # drop real training pairs the discriminator scores below real_threshold
     real_threshold: float = 0.5
 
     def validate(self) -> None:
-        if not 0.0 <= self.threshold <= 1.0:
-            raise ValueError(f"fuse.threshold must be in [0, 1], got {self.threshold}")
+        numeric = isinstance(self.threshold, (int, float)) and not isinstance(self.threshold, bool)
+        if self.threshold != AUTO and not (numeric and 0.0 <= self.threshold <= 1.0):
+            raise ValueError(f"fuse.threshold must be 'auto' or a number in [0, 1], got {self.threshold!r}")
+        if not self.auto_kept_fractions or any(not 0 < f <= 1 for f in self.auto_kept_fractions):
+            raise ValueError(f"fuse.auto_kept_fractions must be in (0, 1], got {self.auto_kept_fractions}")
         if not 0.0 <= self.real_threshold <= 1.0:
             raise ValueError(f"fuse.real_threshold must be in [0, 1], got {self.real_threshold}")
-        if self.recall_number is not None and self.recall_number <= 0:
-            raise ValueError(f"fuse.recall_number must be positive or null, got {self.recall_number}")
+        if self.max_rank is not None and self.max_rank <= 0:
+            raise ValueError(f"fuse.max_rank must be positive or null, got {self.max_rank}")
+
+    @property
+    def needs_cut(self) -> bool:
+        """True when this config still has to be given the `auto` cut before `fuse` can run."""
+        return self.threshold == AUTO and self.use_discriminator and self.add_synthetic
+
+    def resolve(self, cut: float | None) -> "FuseConfig":
+        """This config with the chosen cut (None = "keep none": no synthetic pair helped on validation)."""
+        if not self.needs_cut:
+            return self
+        return replace(self, add_synthetic=False) if cut is None else replace(self, threshold=float(cut))
 
 
 @dataclass
@@ -86,6 +109,8 @@ def fuse(train: Sequences, candidates: pa.Table | None, cfg: FuseConfig, real_sc
     user_of = np.repeat(np.arange(train.n_users, dtype=np.int64), lens)
     history_keys = user_of * n_items + train.items
     keep_real = np.ones(len(train.items), bool)
+    if cfg.needs_cut:
+        raise ValueError("fuse.threshold is 'auto': choose the cut first (pipeline.tune.choose_cut, FuseConfig.resolve)")
     report: dict[str, Any] = {"config": dict(cfg.__dict__), "real": {"train_interactions": int(len(train.items))}}
 
     if cfg.filter_real:
@@ -115,8 +140,8 @@ def fuse(train: Sequences, candidates: pa.Table | None, cfg: FuseConfig, real_sc
 
         step("dropped_error", ~_ok(candidates))
         step("dropped_unknown_user_or_item", (u < 0) | (i < 0))
-        if cfg.recall_number is not None:
-            step("dropped_rank_ge_recall_number", rank >= cfg.recall_number)
+        if cfg.max_rank is not None:
+            step("dropped_rank_ge_max_rank", rank >= cfg.max_rank)
         if cfg.use_discriminator:
             step("dropped_below_threshold", _confidence(candidates, "candidates") < cfg.threshold)
         keys = u * n_items + i

@@ -32,7 +32,8 @@ def _lift(new: float, old: float) -> float | None:
 
 def build_report(store: ArtifactStore, cfg: PipelineConfig, wall_seconds: float | None = None) -> dict[str, Any]:
     ev = json.loads((store.get("evaluate").path / "metrics.json").read_text())
-    fuse_stats = store.get("fuse").manifest["stats"]["variants"]
+    fuse_manifest = store.get("fuse").manifest["stats"]
+    fuse_stats, cut = fuse_manifest["variants"], fuse_manifest["cut"]
     prep = store.get("prepare").manifest["stats"]
     ks = tuple(k for k in ev["protocol"]["ks"] if k <= 20) or tuple(ev["protocol"]["ks"][:2])
     fits = {key: _subset(m, ks) for key, m in ev["fits"].items()}
@@ -75,7 +76,8 @@ def build_report(store: ArtifactStore, cfg: PipelineConfig, wall_seconds: float 
         "generator_alone": _subset(ev["generator_alone"], ks) if "generator_alone" in ev else None,
         "discriminator_auc": ev.get("discriminator_auc"),
         "synthetic_pairs": {"generated": syn.get("generated", 0), "kept": syn["kept"], "funnel": syn,
-                            "threshold": cfg.fuse.threshold, "real": fuse_stats[LLM_I2I]["real"]},
+                            "threshold": None if cut["keep_none"] else cut["cut"], "cut": cut,
+                            "real": fuse_stats[LLM_I2I]["real"]},
         "ablations": ablations,
         "figures": figures,
         "stages": stages,
@@ -93,8 +95,43 @@ def _fmt(x: Any) -> str:
     return str(x)
 
 
+def _cut_label(cut: float | None) -> str:
+    return "keep none" if cut is None else f"{cut:.4g}"
+
+
 def _pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:+.1f}%"
+
+
+def summary_lines(r: dict[str, Any]) -> list[str]:
+    """The three lines a reader needs first: the lift, the long tail, and what was kept at which cut (and why)."""
+    k = MAIN_K
+    first = next(iter(r["backbones"]))
+    row = r["backbones"][first]
+    base, aug = row["baseline"], row["llm_i2i"]
+    sp = r["synthetic_pairs"]
+    cut = sp["cut"]
+    if cut["keep_none"]:
+        best = max((c for c in cut["curve"] if c["cut"] is not None), key=lambda c: c[cut["objective"]], default=None)
+        tried = f"the best cut reached {_fmt(best[cut['objective']])}" if best else "no candidate could be scored"
+        kept = (f"No confidence cut helped on validation (Recall@{k} {_fmt(cut['keep_none_valid'][cut['objective']])} "
+                f"with real data alone; {tried}), so none of the {sp['generated']} generated pairs was kept and "
+                f"LLM-I2I equals the baseline here.")
+    elif cut["mode"] == "auto":
+        kept = (f"Synthetic pairs: {sp['generated']} generated, {sp['kept']} kept at confidence >= {cut['cut']:.4g}, "
+                f"the cut chosen on VALIDATION Recall@{k} ({_fmt(cut['keep_none_valid'][cut['objective']])} -> "
+                f"{_fmt(cut['valid'][cut['objective']])}; the test split is never used to choose).")
+    else:
+        kept = (f"Synthetic pairs: {sp['generated']} generated, {sp['kept']} kept at the fixed confidence cut "
+                f">= {cut['cut']:.4g} (fuse.threshold).")
+    return [
+        f"**{first} Recall@{k}: {_fmt(base[f'recall@{k}'])} without augmentation -> {_fmt(aug[f'recall@{k}'])} with "
+        f"LLM-I2I ({_pct(row['lift'][f'recall@{k}'])}).**",
+        f"Long-tail Recall@{k} (users whose test item is in the bottom "
+        f"{r['protocol']['long_tail_fraction']:.0%} by training count): {_fmt(base['long_tail'][f'recall@{k}'])} -> "
+        f"{_fmt(aug['long_tail'][f'recall@{k}'])}.",
+        kept,
+    ]
 
 
 def render_markdown(r: dict[str, Any]) -> str:
@@ -103,13 +140,16 @@ def render_markdown(r: dict[str, Any]) -> str:
     lines = [
         f"# LLM-I2I report: {r['dataset']['name']}",
         "",
+        *(f"{line}  " for line in summary_lines(r)),
+        "",
+        "![backbones with and without LLM-I2I](plots/backbones.png)",
+        "",
         f"{r['dataset']['users']} users, {r['dataset']['items']} items, {r['dataset']['interactions']} interactions. "
         f"Protocol: preset `{p['preset']}`, split `{p['split']}`, M={p['num_triggers']} trigger(s), merge `{p['merge']}`, "
         f"history masked: {p['mask_history']}; long tail = bottom {p['long_tail_fraction']:.0%} items by train count.",
         "",
-        f"Synthetic pairs: {r['synthetic_pairs']['generated']} generated, {r['synthetic_pairs']['kept']} kept "
-        f"(confidence >= {r['synthetic_pairs']['threshold']}), appended after each user's real training history in "
-        f"generator-rank order. Discriminator AUC: {_fmt(r['discriminator_auc'])}.",
+        "Kept synthetic pairs are appended after each user's real training history in generator-rank order. "
+        f"Discriminator AUC: {_fmt(r['discriminator_auc'])}.",
         "",
         "## Backbones: no augmentation vs LLM-I2I",
         "",
@@ -132,6 +172,13 @@ def render_markdown(r: dict[str, Any]) -> str:
         lines.append(f"| {v} | {f.get('synthetic', {}).get('kept', '–')} | {f.get('real', {}).get('kept', '–')} | "
                      f"{_fmt(m[f'recall@{k}'])} | {_fmt(m[f'ndcg@{k}'])} | "
                      f"{_fmt(m.get('long_tail', {}).get(f'recall@{k}'))} | {_fmt(m.get('non_long_tail', {}).get(f'recall@{k}'))} |")
+    cut = r["synthetic_pairs"]["cut"]
+    if cut["mode"] == "auto":
+        lines += ["", f"## Confidence cut, chosen on validation ({cut['backbone']})", "",
+                  f"| cut | synthetic kept | valid R@{k} | valid N@{k} | valid long-tail R@{k} |", "|---|---|---|---|---|"]
+        lines += [f"| {_cut_label(c['cut'])}{' (chosen)' if c['cut'] == cut['cut'] else ''} | {c['synthetic_kept']} | "
+                  f"{_fmt(c['recall@10'])} | {_fmt(c['ndcg@10'])} | {_fmt(c['long_tail_recall@10'])} |"
+                  for c in cut["curve"]]
     for fig, key in (("recall_number", "N"), ("confidence", "confidence")):
         if r["figures"][fig]:
             lines += ["", f"## Recall@{k} vs {key}", "", f"| {key} | synthetic kept | R@{k} | N@{k} |", "|---|---|---|---|"]
@@ -169,6 +216,22 @@ def plot_report(r: dict[str, Any], out_dir: Path) -> list[Path]:
     fig.suptitle(f"{r['dataset']['name']}: backbones with and without LLM-I2I ({r['protocol']['preset']} protocol)")
     fig.tight_layout()
     paths.append(_save(fig, out_dir / "backbones.png"))
+    cut = r["synthetic_pairs"]["cut"]
+    if cut["mode"] == "auto":
+        rows = sorted((c for c in cut["curve"] if c["cut"] is not None), key=lambda c: c["synthetic_kept"])
+        fig, ax = plt.subplots(figsize=(5.5, 3.6))
+        ax.plot([c["synthetic_kept"] for c in rows], [c["recall@10"] for c in rows], "o-", label="cut")
+        for c in rows:
+            ax.annotate(f"{c['cut']:.3g}", (c["synthetic_kept"], c["recall@10"]), fontsize=7,
+                        textcoords="offset points", xytext=(2, 4))
+        ax.axhline(cut["keep_none_valid"]["recall@10"], color="grey", ls="--", label="keep none (real data only)")
+        ax.axhline(cut["valid"]["recall@10"], color="green", ls=":", label=f"chosen: {_cut_label(cut['cut'])}")
+        ax.set_xlabel("synthetic pairs kept")
+        ax.set_ylabel(f"VALIDATION Recall@{k}")
+        ax.set_title(f"{r['dataset']['name']}: auto confidence cut ({cut['backbone']})")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        paths.append(_save(fig, out_dir / "cut.png"))
     for fig_name, key, xlabel in (("recall_number", "N", "recall number N"), ("confidence", "confidence", "confidence level")):
         rows = r["figures"][fig_name]
         if not rows:

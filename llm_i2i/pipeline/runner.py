@@ -16,7 +16,7 @@ ALPHA1 = "alpha1"  # the α=1 generator chain for the "w/o long-tail loss" ablat
 
 def _alpha1_cfg(cfg: PipelineConfig) -> PipelineConfig:
     return replace(cfg, generator_checkpoint=cfg.alpha1_generator_checkpoint,
-                   sft_generator={**cfg.sft_generator, "alpha": 1.0, "beta": 1.0})
+                   sft_generator=replace(cfg.sft_generator, alpha=1.0, beta=1.0))
 
 
 def _sft_generator(store, cfg, ops, map_fn) -> StageResult:

@@ -28,7 +28,8 @@ from llm_i2i.index.store import write_index
 from llm_i2i.io import write_json, write_parquet
 from llm_i2i.pipeline.artifacts import Artifact, ArtifactStore, StageResult, fingerprint_path
 from llm_i2i.pipeline.config import PipelineConfig
-from llm_i2i.pipeline.fuse import FuseConfig, Fused, fuse
+from llm_i2i.pipeline.fuse import PLAIN_YES, FuseConfig, Fused, fuse
+from llm_i2i.pipeline.tune import choose_cut
 from llm_i2i.progress import Progress, log
 
 BASELINE, LLM_I2I = "no_aug", "llm_i2i"
@@ -116,10 +117,11 @@ def prepare(store: ArtifactStore, cfg: PipelineConfig) -> StageResult:
     """Load the user's data (or the embedded default), validate it, write the canonical dataset."""
     default = str(cfg.data) in ("default", "synthetic")
     external = {"data": "default" if default else fingerprint_path(cfg.data)}
-    config = {"data": str(cfg.data) if default else str(Path(cfg.data).resolve()), "synthetic": cfg.synthetic}
+    synthetic = to_dict(cfg.synthetic) if default else {}
+    config = {"data": str(cfg.data) if default else str(Path(cfg.data).resolve()), "synthetic": synthetic}
 
     def run(out: Path) -> dict[str, Any]:
-        ds = load_dataset(cfg.data, **(cfg.synthetic if default else {}))
+        ds = load_dataset(cfg.data, **synthetic)
         save_dataset(ds, out / "dataset")
         split = leave_one_out(ds.sequences())
         return {"dataset": ds.name, "split": split.report(), "data_report": ds.report, "rows": ds.interactions.num_rows}
@@ -148,7 +150,7 @@ def sft(store: ArtifactStore, cfg: PipelineConfig, role: str, data: Artifact, op
 
         return store.run_stage(name, {"reuse": str(ckpt)}, {}, register, {"checkpoint": content})
 
-    sft_cfg = {**(cfg.sft_generator if role == "generator" else cfg.sft_discriminator), "role": role}
+    sft_cfg = to_dict(cfg.sft_generator if role == "generator" else cfg.sft_discriminator)
     inputs = {"prepare": data}
     external: dict[str, str] = {}
     run_cfg = sft_cfg
@@ -183,10 +185,10 @@ def generate(store: ArtifactStore, cfg: PipelineConfig, data: Artifact, gen: Art
     """Synthetic candidates: top-N items per user from the generator, given the user's recent history."""
 
     def run(out: Path) -> dict[str, Any]:
-        stats = ops.generate(dict(cfg.generate), checkpoint_of(gen), dataset_dir(data), out / "candidates.parquet")
+        stats = ops.generate(to_dict(cfg.generate), checkpoint_of(gen), dataset_dir(data), out / "candidates.parquet")
         return {**(stats or {}), "rows": _count_rows(out / "candidates.parquet")}
 
-    return store.run_stage(name, dict(cfg.generate), {"prepare": data, "sft_generator": gen}, run)
+    return store.run_stage(name, to_dict(cfg.generate), {"prepare": data, "sft_generator": gen}, run)
 
 
 def real_train_pairs(ds_dir: Path) -> pa.Table:
@@ -206,16 +208,16 @@ def discriminate(store: ArtifactStore, cfg: PipelineConfig, data: Artifact, disc
                  ops: LLMOps, name: str = "discriminate", score_real: bool | None = None) -> StageResult:
     """P(Yes) for every synthetic candidate (and, for the "w/o generator" ablation, every real training pair)."""
     score_real = cfg.score_real if score_real is None else score_real
-    config = {**cfg.discriminate, "score_real": score_real}
+    config = {**to_dict(cfg.discriminate), "score_real": score_real}
 
     def run(out: Path) -> dict[str, Any]:
         ckpt = checkpoint_of(disc)
-        stats = {"synthetic": ops.discriminate(dict(cfg.discriminate), ckpt, dataset_dir(data),
+        stats = {"synthetic": ops.discriminate(to_dict(cfg.discriminate), ckpt, dataset_dir(data),
                                                cands.path / "candidates.parquet", out / "scored.parquet")}
         if score_real:
             pairs = out / "real_pairs.parquet"
             write_parquet(real_train_pairs(dataset_dir(data)), pairs)
-            stats["real"] = ops.discriminate(dict(cfg.discriminate), ckpt, dataset_dir(data), pairs,
+            stats["real"] = ops.discriminate(to_dict(cfg.discriminate), ckpt, dataset_dir(data), pairs,
                                              out / "real_scored.parquet")
             pairs.unlink()
         return stats
@@ -224,18 +226,19 @@ def discriminate(store: ArtifactStore, cfg: PipelineConfig, data: Artifact, disc
 
 
 def fuse_variants(cfg: PipelineConfig) -> dict[str, tuple[FuseConfig, str]]:
-    """Every training set the evaluation needs: name -> (fuse config, which scored candidates to use)."""
+    """Every training set the evaluation needs: name -> (fuse config, which scored candidates to use).
+    Variants that follow the main cut keep `fuse.threshold` as is; with `auto` the fuse stage resolves them."""
     f = cfg.fuse
     out = {BASELINE: (FuseConfig(add_synthetic=False), "main"), LLM_I2I: (f, "main")}
     if cfg.ablations:
         out["wo_discriminator"] = (replace(f, use_discriminator=False), "main")
-        out["wo_threshold"] = (replace(f, threshold=0.5), "main")
+        out["wo_threshold"] = (replace(f, threshold=PLAIN_YES), "main")
         if cfg.score_real:
             out["wo_generator"] = (replace(f, add_synthetic=False, filter_real=True), "main")
         if cfg.wo_longtail_loss:
             out["wo_longtail_loss"] = (f, "alpha1")
     for n in cfg.recall_numbers:
-        out[f"recall_number={n}"] = (replace(f, recall_number=int(n)), "main")
+        out[f"recall_number={n}"] = (replace(f, max_rank=int(n)), "main")
     for c in cfg.confidence_levels:
         out[f"confidence={c:g}"] = (replace(f, threshold=float(c)), "main")
     return out
@@ -260,14 +263,25 @@ def fuse_stage(store: ArtifactStore, cfg: PipelineConfig, data: Artifact, scored
     """Build every variant's training data from the train split + scored candidates (see `fuse.py`)."""
     variants = fuse_variants(cfg)
     config = {"variants": {k: {**to_dict(v), "source": s} for k, (v, s) in variants.items()}}
+    if cfg.fuse.needs_cut:  # what the auto cut is chosen with
+        config["auto_cut"] = {"backbone": cfg.backbones[0], "i2i": cfg.i2i.get(cfg.backbones[0], {}),
+                              "eval": to_dict(cfg.eval_config(split="valid"))}
 
     def run(out: Path) -> dict[str, Any]:
-        train = _split(data).train
+        split = _split(data)
+        train = split.train
         tables = {k: pq.read_table(a.path / "scored.parquet") for k, a in scored.items()}
         real = scored["main"].path / "real_scored.parquet"
         real_scores = pq.read_table(real) if real.exists() else None
+        if cfg.fuse.needs_cut:
+            b = cfg.backbones[0]
+            cut = choose_cut(split, tables["main"], cfg.fuse, b, cfg.i2i.get(b, {}), cfg.eval_config(split="valid"))
+        else:
+            cut = {"mode": "fixed", "cut": cfg.fuse.threshold, "keep_none": False}
+        log.info(f"[fuse] confidence cut: {'keep none' if cut['keep_none'] else cut['cut']} ({cut['mode']})")
         reports = {}
         for name, (fcfg, source) in variants.items():
+            fcfg = fcfg.resolve(cut["cut"])
             fused = fuse(train, tables.get(source), fcfg, real_scores if fcfg.filter_real else None)
             _save_fused(fused, out / "variants" / _safe(name))
             reports[name] = fused.report
@@ -278,7 +292,7 @@ def fuse_stage(store: ArtifactStore, cfg: PipelineConfig, data: Artifact, scored
         ds = read_canonical(dataset_dir(data))
         save_dataset(type(ds)(ds.name + "+llm_i2i", pq.read_table(main / "interactions.parquet"), ds.items,
                               {"fuse": reports[LLM_I2I]}), out / "dataset")
-        return {"variants": reports}
+        return {"variants": reports, "cut": cut}
 
     return store.run_stage("fuse", config, {"prepare": data, **{f"scored_{k}": a for k, a in scored.items()}}, run)
 
@@ -360,7 +374,7 @@ def evaluate(store: ArtifactStore, cfg: PipelineConfig, data: Artifact, fits: Ar
     eval_cfg = cfg.eval_config()
     config = {"eval": to_dict(eval_cfg), "plan": fit_plan(cfg), "generator_alone": cfg.generator_alone,
               "llm_eval_max_users": cfg.llm_eval_max_users, "discriminator_auc": cfg.discriminator_auc,
-              "generate": cfg.generate}
+              "generate": to_dict(cfg.generate)}
     inputs = {"prepare": data, "train_i2i": fits}
     if gen is not None:
         inputs["sft_generator"] = gen
@@ -377,7 +391,7 @@ def evaluate(store: ArtifactStore, cfg: PipelineConfig, data: Artifact, fits: Ar
             prog.update()
         prog.close()
         if cfg.generator_alone and gen is not None:
-            gen_cfg = {**cfg.generate, "max_users": cfg.llm_eval_max_users}
+            gen_cfg = {**to_dict(cfg.generate), "max_users": cfg.llm_eval_max_users}
             t0 = time.perf_counter()
             results["generator_alone"] = ops.evaluate_generator(checkpoint_of(gen), dataset_dir(data), eval_cfg, gen_cfg)
             results["generator_alone_seconds"] = time.perf_counter() - t0

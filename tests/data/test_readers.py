@@ -101,19 +101,6 @@ def test_canonical_round_trip(tmp_path):
     assert back.name == "synthetic"
 
 
-def test_synthetic_default_has_structure_and_labelled_noise():
-    ds = load_dataset(None)
-    seqs = ds.sequences()
-    assert seqs.lengths.min() >= 5
-    noise = ds.interactions.column("is_noise").to_numpy()
-    assert 0.02 < noise.mean() < 0.1
-    counts = np.sort(seqs.item_counts())[::-1]
-    assert counts[: len(counts) // 10].sum() > 0.3 * counts.sum()  # power-law head
-    assert all(ds.items.column("title").to_pylist())
-    again = load_dataset(None)
-    assert again.interactions.equals(ds.interactions)  # seeded
-
-
 @pytest.mark.skipif(not (SHARED / "Beauty").exists(), reason="shared data not present")
 @pytest.mark.parametrize("name, users, items, rows", [("Beauty", 22363, 12101, 198502), ("Toys_and_Games", 19412, 11924, 167597)])
 def test_shared_amazon_datasets_match_published_counts(name, users, items, rows):

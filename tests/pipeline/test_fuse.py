@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pyarrow as pa
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from llm_i2i.config import from_dict
 from llm_i2i.data.sequences import Sequences
 from llm_i2i.pipeline.fuse import FuseConfig, fuse
 
@@ -49,7 +52,7 @@ def oracle(train, cands, cfg, real_scores=None):
                 i = iidx.get(r["item_id"])
                 if r["error"] is not None or i is None:
                     continue
-                if cfg.recall_number is not None and r["rank"] >= cfg.recall_number:
+                if cfg.max_rank is not None and r["rank"] >= cfg.max_rank:
                     continue
                 if cfg.use_discriminator and r["confidence"] < cfg.threshold:
                     continue
@@ -70,7 +73,7 @@ def test_fuse_matches_oracle(seed, use_disc, n, filter_real, threshold):
     real_u = np.repeat(train.user_ids, train.lengths)
     real_scores = pa.table({"user_id": real_u, "item_id": train.item_ids[train.items],
                             "confidence": rng.random(len(real_u)).astype(np.float32)})
-    cfg = FuseConfig(threshold=threshold, use_discriminator=use_disc, recall_number=n, filter_real=filter_real)
+    cfg = FuseConfig(threshold=threshold, use_discriminator=use_disc, max_rank=n, filter_real=filter_real)
     fused = fuse(train, cands, cfg, real_scores)
     want = oracle(train, cands, cfg, real_scores)
     got = [fused.sequences.user(u).tolist() for u in range(train.n_users)]
@@ -101,13 +104,33 @@ def test_missing_confidence_is_a_clear_error():
     train = make_train(rng)
     cands = make_candidates(rng, train).drop(["confidence"])
     with pytest.raises(ValueError, match="confidence"):
-        fuse(train, cands, FuseConfig())
+        fuse(train, cands, FuseConfig(threshold=0.9))
     with pytest.raises(ValueError, match="score_real"):
-        fuse(train, None, FuseConfig(filter_real=True))
+        fuse(train, None, FuseConfig(threshold=0.9, filter_real=True))
+
+
+def test_auto_cut_must_be_resolved_before_fusing():
+    rng = np.random.default_rng(3)
+    train = make_train(rng)
+    cands = make_candidates(rng, train)
+    with pytest.raises(ValueError, match="auto"):
+        fuse(train, cands, FuseConfig())
+    auto = FuseConfig()
+    assert auto.resolve(0.8) == replace(auto, threshold=0.8)
+    assert fuse(train, cands, auto.resolve(None)).report["synthetic"]["kept"] == 0  # "keep none"
+    fixed = FuseConfig(threshold=0.7)
+    assert fixed.resolve(None) is fixed and fixed.resolve(0.1) is fixed  # a fixed cut is never overridden
+    no_disc = FuseConfig(use_discriminator=False)
+    assert not no_disc.needs_cut and fuse(train, cands, no_disc).report["synthetic"]["kept"] > 0
 
 
 def test_config_validation():
-    with pytest.raises(ValueError, match="threshold"):
-        FuseConfig(threshold=1.5).validate()
-    with pytest.raises(ValueError, match="recall_number"):
-        FuseConfig(recall_number=0).validate()
+    assert from_dict(FuseConfig, {"threshold": "auto"}).threshold == "auto"
+    assert from_dict(FuseConfig, {"threshold": 0.9}).threshold == 0.9
+    for bad in ("high", 1.5, -0.1):
+        with pytest.raises(ValueError, match="threshold"):
+            from_dict(FuseConfig, {"threshold": bad})
+    with pytest.raises(ValueError, match="auto_kept_fractions"):
+        FuseConfig(auto_kept_fractions=(0.0,)).validate()
+    with pytest.raises(ValueError, match="max_rank"):
+        FuseConfig(max_rank=0).validate()

@@ -38,8 +38,8 @@ _NOUNS = (
 
 @dataclass
 class SyntheticConfig:
-    n_users: int = 3000
-    n_items: int = 1000
+    n_users: int = 2000
+    n_items: int = 700
     n_groups: int = 16  # categories; each series belongs to one
     series_length: int = 5  # items per series, clicked in order
     groups_per_user: int = 2

@@ -126,10 +126,11 @@ def fuse(train: Sequences, candidates: pa.Table | None, cfg: FuseConfig, real_sc
 
     syn_u = np.zeros(0, np.int64)
     syn_i = np.zeros(0, np.int64)
-    counts: dict[str, int] = {"generated": 0}
+    counts: dict[str, int] = {"generated": 0 if candidates is None else candidates.num_rows}
+    if candidates is not None and not cfg.add_synthetic:  # "w/o generator", the baseline, or "keep none"
+        counts["dropped_synthetic_off"] = candidates.num_rows
     if cfg.add_synthetic and candidates is not None:
         n = candidates.num_rows
-        counts["generated"] = n
         u, i = _dense(train, candidates)
         rank = candidates.column("rank").to_numpy().astype(np.int64)
         drop = np.zeros(n, bool)

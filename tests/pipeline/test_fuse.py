@@ -96,7 +96,8 @@ def test_no_synthetic_is_identity():
     fused = fuse(train, make_candidates(rng, train), FuseConfig(add_synthetic=False))
     assert np.array_equal(fused.sequences.items, train.items)
     assert np.array_equal(fused.sequences.indptr, train.indptr)
-    assert fused.report["synthetic"]["kept"] == 0
+    syn = fused.report["synthetic"]
+    assert syn["kept"] == 0 and syn["generated"] == syn["dropped_synthetic_off"] > 0
 
 
 def test_missing_confidence_is_a_clear_error():

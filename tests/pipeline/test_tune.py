@@ -9,9 +9,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from llm_i2i.data import read_canonical, save_dataset
+import pyarrow.parquet as pq
+
+from llm_i2i.data import leave_one_out, read_canonical, save_dataset
+from llm_i2i.eval.protocol import EvalConfig
+from llm_i2i.pipeline.fuse import FuseConfig
 from llm_i2i.pipeline.runner import run_pipeline
-from llm_i2i.pipeline.tune import SweepConfig, summarize, trial_metrics
+from llm_i2i.pipeline.tune import SweepConfig, choose_cut, summarize, trial_metrics, validation_metrics
 from tests.pipeline.fakes import FakeLLM
 from tests.pipeline.test_pipeline import tiny_config
 
@@ -53,6 +57,47 @@ def test_trial_never_looks_at_the_test_split(run_dir, tmp_path):
     # ...while the validation items do matter (the metric is not constant)
     c = trial_metrics({**PARAMS, "threshold": 0.0, "recall_number": 4}, str(ds_dir), scored)
     assert c["synthetic_kept"] > a["synthetic_kept"]
+
+
+VALID = EvalConfig.from_preset("paper", split="valid")
+
+
+def _cut(ds_dir, candidates, fuse_cfg=FuseConfig()):
+    return choose_cut(leave_one_out(read_canonical(ds_dir).sequences()), candidates, fuse_cfg, "swing", {}, VALID)
+
+
+def test_auto_cut_is_the_best_validation_point_and_never_reads_test(run_dir, tmp_path):
+    ds_dir = run_dir / "prepare" / "dataset"
+    cands = pq.read_table(run_dir / "discriminate" / "scored.parquet")
+    got = _cut(ds_dir, cands)
+    assert got["selected_on"] == "valid" and got["curve"][0]["cut"] is None  # "keep none" is always a candidate
+    # oracle: every curve point is the plain fuse -> Swing -> validation metric at that cut ...
+    split = leave_one_out(read_canonical(ds_dir).sequences())
+    for row in got["curve"]:
+        assert validation_metrics(split, cands, FuseConfig().resolve(row["cut"]), "swing", {}, VALID) == \
+            {k: v for k, v in row.items() if k != "cut"}
+    # ... and the choice is the first best (keep none first, then the highest cut: ties keep fewer pairs)
+    best = max(got["curve"], key=lambda r: r["recall@10"])
+    assert got["cut"] == best["cut"] and got["keep_none"] == (best["cut"] is None)
+    assert _cut(_with_test_items_replaced(ds_dir, tmp_path / "ds"), cands) == got
+
+
+def test_auto_cut_keeps_none_when_no_cut_helps(run_dir):
+    """Candidates the user already has add nothing at any cut: "keep none" must win the tie."""
+    ds_dir = run_dir / "prepare" / "dataset"
+    train = leave_one_out(read_canonical(ds_dir).sequences()).train
+    users = np.repeat(train.user_ids, train.lengths)
+    cands = pa.table({"user_id": users, "item_id": train.item_ids[train.items],
+                      "rank": np.zeros(len(users), np.int32), "confidence": np.linspace(0, 1, len(users))})
+    got = _cut(ds_dir, cands)
+    assert got["keep_none"] and got["cut"] is None and len(got["curve"]) > 2
+    assert all(r["synthetic_kept"] == 0 for r in got["curve"])
+
+
+def test_validation_metrics_refuse_the_test_split(run_dir):
+    split = leave_one_out(read_canonical(run_dir / "prepare" / "dataset").sequences())
+    with pytest.raises(ValueError, match="validation"):
+        validation_metrics(split, None, FuseConfig(add_synthetic=False), "swing", {}, EvalConfig.from_preset("paper"))
 
 
 def test_grid_and_summary():

@@ -1,0 +1,48 @@
+"""report.md opens with the three-line summary, shows the backbones plot, and says in words when no cut helped."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from llm_i2i.pipeline.report import render_markdown, summary_lines
+from llm_i2i.pipeline.runner import run_pipeline
+from tests.pipeline.fakes import FakeLLM
+from tests.pipeline.test_pipeline import tiny_config
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    run_pipeline(tiny_config(backbones=["swing"], recall_numbers=[], confidence_levels=[]), str(out), FakeLLM().ops())
+    return out, json.loads((out / "report.json").read_text())
+
+
+def test_summary_opens_the_report_and_the_cut_is_documented(report):
+    out, r = report
+    md = (out / "report.md").read_text().splitlines()
+    swing = r["backbones"]["swing"]
+    assert md[2].startswith("**swing Recall@10:") and f"{swing['baseline']['recall@10']:.4f}" in md[2]
+    assert md[3].startswith("Long-tail Recall@10")
+    cut = r["synthetic_pairs"]["cut"]
+    assert cut["mode"] == "auto" and cut["selected_on"] == "valid" and cut["objective"] == "recall@10"
+    assert [row["cut"] for row in cut["curve"]][0] is None and len(cut["curve"]) > 1
+    if not cut["keep_none"]:
+        assert r["synthetic_pairs"]["threshold"] == cut["cut"] and "VALIDATION" in md[4]
+        assert f"{r['synthetic_pairs']['kept']} kept" in md[4]
+    assert "![backbones with and without LLM-I2I](plots/backbones.png)" in md
+    assert {"plots/backbones.png", "plots/cut.png"} <= set(r["plots"])
+    assert all((out / p).stat().st_size > 0 for p in r["plots"])
+
+
+def test_keep_none_is_said_in_words(report):
+    _, r = report
+    cut = r["synthetic_pairs"]["cut"]
+    none = {**cut, "cut": None, "keep_none": True,
+            "curve": [{**row, "recall@10": 0.0} if row["cut"] is not None else row for row in cut["curve"]]}
+    r = {**r, "synthetic_pairs": {**r["synthetic_pairs"], "cut": none, "kept": 0, "threshold": None}}
+    line = summary_lines(r)[2]
+    assert line.startswith("No confidence cut helped on validation") and "equals the baseline" in line
+    assert f"none of the {r['synthetic_pairs']['generated']} generated pairs" in line
+    assert "keep none (chosen)" in render_markdown(r)

@@ -18,9 +18,9 @@ def small_config(seed: int, **data) -> PipelineConfig:
     """The quickstart pipeline at a CI size: no Ray, tiny models, Swing only, no ablation rows or figures."""
     sft = {"model": TINY_MODEL, "batch_size": 64, "eval_users": 300, "threads": 2, "seed": seed}
     return from_dict(PipelineConfig, {
-        "data": "default", "synthetic": {"n_users": 1500, "n_items": 500, "seed": seed, **data},
+        "data": "default", "synthetic": {"n_users": 1200, "n_items": 400, "seed": seed, **data},
         "backbones": ["swing"], "ablations": False, "wo_longtail_loss": False, "score_real": False,
-        "sft_generator": {**sft, "epochs": 4, "lr": 0.005}, "sft_discriminator": {**sft, "epochs": 2, "lr": 0.005},
+        "sft_generator": {**sft, "epochs": 3, "lr": 0.005}, "sft_discriminator": {**sft, "epochs": 1, "lr": 0.005},
         "generate": {"recall_number": 5, "num_actors": 0, "batch_size": 256},
         "discriminate": {"num_actors": 0, "batch_size": 512},
         "generator_alone": False, "discriminator_auc": False,

@@ -21,15 +21,14 @@ def _is_sweep(path: Path) -> bool:
 
 
 def check_pipeline(cfg: PipelineConfig) -> None:
-    """The sections PipelineConfig keeps as dicts are validated by the stage configs they are handed to."""
+    """Every section is its stage's typed config, validated when PipelineConfig loads; the backbones build."""
     from llm_i2i.llm.discriminate import DiscriminateConfig
     from llm_i2i.llm.generate import GenerateConfig
     from llm_i2i.llm.sft import SFTConfig
 
-    for role in ("generator", "discriminator"):
-        from_dict(SFTConfig, {**getattr(cfg, f"sft_{role}"), "role": role})
-    from_dict(GenerateConfig, cfg.generate)
-    from_dict(DiscriminateConfig, cfg.discriminate)
+    assert (cfg.sft_generator.role, cfg.sft_discriminator.role) == ("generator", "discriminator")
+    assert isinstance(cfg.sft_generator, SFTConfig) and isinstance(cfg.generate, GenerateConfig)
+    assert isinstance(cfg.discriminate, DiscriminateConfig)
     for backbone in cfg.backbones:
         make_backbone(backbone, None, cfg.i2i.get(backbone, {}))
 

@@ -29,7 +29,7 @@ from llm_i2i.pipeline.stages import read_fit, real_llm_ops
 
 TINY_MODEL = {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64, "vocab_size": 200}
 CONFIG = {
-    "synthetic": {"n_users": 120, "n_items": 50, "n_groups": 4, "min_length": 1, "seed": 3},
+    "synthetic": {"n_users": 120, "n_items": 50, "n_groups": 4, "min_length": 1, "mean_extra_length": 3.0, "seed": 3},
     "backbones": ["swing"],
     "sft_generator": {"epochs": 1, "batch_size": 32, "eval_users": 40, "threads": 1, "model": TINY_MODEL},
     "sft_discriminator": {"epochs": 1, "batch_size": 32, "eval_users": 40, "threads": 1},

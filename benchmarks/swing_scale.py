@@ -5,7 +5,8 @@ intersection-step floor and a cost model extrapolated to 1B / 10B edges.
     flock /tmp/llm_i2i_heavy.lock .venv/bin/python -m benchmarks.swing_scale \
         [--sizes 1e6,1e7,1e8] [--spark-sizes 1e6,1e7] [--reference-size 1e6] [--one-shard-max 1e7]
 
-Writes benchmarks/results/swing_scale.{json,md,png}.
+Writes benchmarks/results/swing_scale.{json,md,png}. `--preset skewed` runs `benchmarks/swing_skewed.py`
+instead: skewed graphs at the default caps, `llm-i2i index` against a minimal compiled kernel.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ import numpy as np
 
 from llm_i2i.data.sequences import Sequences
 from llm_i2i.i2i.swing import SwingConfig, build_graph, swing_topk
-from llm_i2i.i2i.swing_shards import ClusterSpec, CostModel, graph_bytes, item_work, plan_two_level
+from benchmarks.swing_plan import ClusterSpec, CostModel, graph_bytes, plan_two_level
+from llm_i2i.i2i.swing_shards import item_work
 from llm_i2i.io import write_json, write_text
 from llm_i2i.progress import log
 
@@ -88,9 +90,27 @@ def run_ours(graph, shards: int, k: int, alpha2: float, scratch: Path) -> tuple[
     return stats, out / "neighbors.parquet"
 
 
+def machine_info() -> dict:
+    """Machine, date and code version a result was measured on."""
+    import subprocess
+
+    def git(*a: str) -> str:
+        r = subprocess.run(["git", *a], capture_output=True, text=True, cwd=Path(__file__).parent)
+        return r.stdout.strip()
+
+    return {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
+            "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": git("rev-parse", "--short", "HEAD"),
+            "uncommitted_changes": bool(git("status", "--porcelain", "--untracked-files=no"))}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--sizes", default="1e6,1e7,1e8")
+    p.add_argument("--preset", choices=("power_law", "skewed"), default="power_law",
+                   help="skewed: benchmarks/swing_skewed.py (default sizes 1e6,5e6, caps 1000/1000 and 100/200)")
+    p.add_argument("--caps", default="1000/1000,100/200", help="skewed preset: max_users_per_item/max_items_per_user, ...")
+    p.add_argument("--ray-shards", type=int, default=2, help="skewed preset: also run the Ray job on this many actors (0: skip)")
+    p.add_argument("--sizes", default=None, help="edges per graph (default 1e6,1e7,1e8; skewed: 1e6,5e6)")
     p.add_argument("--spark-sizes", default="1e6,1e7")
     p.add_argument("--reference-size", type=float, default=1e6)
     p.add_argument("--reference-items", type=int, default=400, help="items (evenly strided) the Python reference scores")
@@ -103,6 +123,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(RESULTS / "swing_scale"))
     p.add_argument("--render", metavar="PARTIAL_JSON", help="only re-render json/md/png from a (partial) run's JSON")
     args = p.parse_args(argv)
+    argv = argv if argv is not None else sys.argv[1:]
+    if args.preset == "skewed":
+        from benchmarks import swing_skewed
+
+        caps = [tuple(int(v) for v in c.split("/")) for c in args.caps.split(",") if c]
+        out = Path(args.out) if args.out != str(RESULTS / "swing_scale") else RESULTS / "swing_scale_skewed"
+        swing_skewed.run([int(float(s)) for s in (args.sizes or "1e6,5e6").split(",") if s], caps, args.seed,
+                         Path(args.scratch), out, args.ray_shards, argv)
+        return 0
+    args.sizes = args.sizes or "1e6,1e7,1e8"
     if args.render:
         import json
 
@@ -203,8 +233,7 @@ def finish(rows: list[dict], argv: list[str] | None, out: Path, seconds: float, 
     rows = sorted(rows, key=lambda r: r["edges"])
     result = {
         "command": " ".join([Path(sys.executable).name, "-m", "benchmarks.swing_scale", *(argv or [])]),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
-                    "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)},
+        "machine": machine_info(),
         "swing_config": swing_config,
         "runs": rows,
         "driver_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,

@@ -57,7 +57,7 @@ class SwingShard:
         arrays = {name: ray.get(ref) for name, ref in refs.items()}  # zero-copy, read-only views
         self.item_ids = arrays.pop("item_ids")
         self.graph = SwingGraph(**arrays, n_items=len(self.item_ids), report={})
-        self.scratch = SwingScratch(len(self.item_ids))  # O(n_items), reused by every chunk
+        self.scratch = SwingScratch(self.graph)  # sized once, reused by every chunk
 
     def run(self, chunk_bounds: np.ndarray, k: int, alpha2: float, part_path: str) -> dict:
         t0 = time.perf_counter()

@@ -10,9 +10,13 @@ items: users with fewer than `min_items_per_user` distinct items are ignored; us
 `max_users_per_item` users keeps a seeded reservoir sample of them (seed mixed with the item id, so
 the sample does not depend on sharding).
 
-The kernel is item-centric: for each item i, every pair of its users, an intersection of their item
-lists (mark one, look the other up), and a dense accumulator touched only where needed; top-K with ties
-broken by item index. The same kernel serves the single-node model and each shard of the sharded job.
+The kernel is item-centric: for each item i, the pair weights of its users and, for every item j those
+users share, the sum of the weights of the pairs that share it; top-K with ties broken by item index.
+A user pair's common-item count comes from one pass over the users' lists into an n x n pair matrix
+(n = i's users, at most `MAX_PAIR_USERS`), not from one list scan per pair: on skewed graphs heavy users
+meet in every hot item and share a handful of hot items out of hundreds, so scanning their lists pair by
+pair is ~10x the work (`benchmarks/swing_scale.py --preset skewed`). Items with more users fall back to
+mark-and-scan. The same kernel serves the single-node model and each shard of the sharded job.
 """
 
 from __future__ import annotations
@@ -148,86 +152,155 @@ def _cap_item_users(indptr, users, cap, seed):
 
 
 class SwingScratch:
-    """Per-thread work arrays of the kernel (O(n_items)), allocated once and reused by every chunk: a shard
-    then costs no allocation per chunk, however many chunks it streams."""
+    """Per-thread work arrays of the kernel, sized for one graph, allocated once and reused by every chunk
+    (a shard then costs no allocation per chunk, however many chunks it streams): O(n_items) item arrays,
+    and O(sum of the list lengths of one item's users) member and task lists."""
 
-    def __init__(self, n_items: int):
-        self.acc = np.zeros(n_items, np.float64)
-        self.stamp = np.full(n_items, -1, np.int64)
-        self.touched = np.empty(n_items, np.int32)
-        self.common = np.empty(n_items, np.int32)
-        self.mark = np.zeros(n_items, np.int64)  # mark[x] == tag: x is in the current user's list
-        self.tag = np.zeros(1, np.int64)  # last tag used, kept across chunks so marks never go stale
+    def __init__(self, graph: SwingGraph):
+        n_items = graph.n_items
+        reads = int(user_list_sums(graph).max(initial=0))
+        self.score = np.zeros(n_items, np.float64)
+        self.touched = np.empty(n_items + 1, np.int32)  # one spare slot for the branch-free append
+        self.count = np.zeros(n_items, np.int32)  # all zero between items
+        self.start = np.zeros(n_items, np.int64)
+        self.end = np.zeros(n_items, np.int64)
+        self.members = np.empty(reads, np.int32)
+        self.task_item = np.empty(reads, np.int32)
+        self.task_from = np.empty(reads, np.int64)
+        self.task_to = np.empty(reads, np.int64)
+        self.task_indptr = np.empty(int(np.diff(graph.item_indptr).max(initial=0)) + 1, np.int64)
+        self.row = np.empty(int(np.diff(graph.item_indptr).max(initial=0)), np.float64)
+
+
+def user_list_sums(graph: SwingGraph) -> np.ndarray:
+    """Per item, the summed item-list lengths of its (sampled) users: the list elements its scoring reads."""
+    user_len = np.diff(graph.user_indptr).astype(np.int64)
+    n_i = np.diff(graph.item_indptr)
+    if not len(graph.item_users):
+        return np.zeros(graph.n_items, np.int64)
+    sums = np.add.reduceat(user_len[graph.item_users], np.minimum(graph.item_indptr[:-1], len(graph.item_users) - 1))
+    return np.where(n_i > 0, sums, 0)  # reduceat repeats the next value on empty segments
 
 
 @numba.njit(cache=True, nogil=True)
-def _swing_items(user_indptr, user_items, item_indptr, item_users, weight, alpha2, k, todo, out_idx, out_sc,
-                 work, acc, stamp, touched, common, mark, tag_box):
-    """Score every item in `todo` into rows of out_idx/out_sc (pre-filled with -1/-inf); add the steps
-    (list elements read: one per mark, one per lookup) to work[0]. Each item may appear once per `stamp`.
+def _item_scores(i, us, user_indptr, user_items, weight, alpha2, score, touched, count, start, end, members,
+                 task_item, task_from, task_to, task_indptr, row):
+    """Scores of item i's candidates into score[touched[:n]]; returns (n, steps).
 
-    Intersections: user u's items are marked once, then each later user v's list is scanned with one
-    branch-free lookup per element (measured ~3x faster than a sorted merge on power-law graphs, same
-    ascending order of common items, so the same accumulation order and bit-identical scores)."""
+    1. For every item x that i's users' lists reach, `members[start[x]:end[x]]` lists which of the users
+       (local index a, ascending) clicked it; user a gets a task (x, the members after a) per shared x.
+    2. User by user, a's tasks count its common items with every later user b into `row[b]`, turn them
+       into pair weights w_a w_b / (alpha2 + c_ab), and add each weight to the score of every x the pair
+       shares. A pair's intersection thus costs its common items, not a scan of a whole list (heavy users
+       meet in every hot item and share a handful of items out of hundreds), and the row stays in L1.
+    Each score sums its pairs in (a, b) order, the order of a pair-by-pair kernel: bit-identical to one."""
+    n = us.shape[0]
+    n_touched = 0
+    reads = 0
+    for a in range(n):  # count[] is all zero between items: branch-free first touch
+        u = us[a]
+        for p in range(user_indptr[u], user_indptr[u + 1]):
+            x = user_items[p]
+            touched[n_touched] = x
+            n_touched += count[x] == 0
+            count[x] += 1
+        reads += user_indptr[u + 1] - user_indptr[u]
+    pos = 0
+    for t in range(n_touched):
+        x = touched[t]
+        start[x] = pos
+        pos += count[x]
+        end[x] = pos
+        count[x] = 0  # now the fill cursor
+        score[x] = 0.0
+    n_tasks = 0
+    for a in range(n):
+        task_indptr[a] = n_tasks
+        u = us[a]
+        for p in range(user_indptr[u], user_indptr[u + 1]):
+            x = user_items[p]
+            s = start[x] + count[x]
+            members[s] = a
+            count[x] += 1
+            if s + 1 < end[x]:  # later users share x with a
+                task_item[n_tasks] = x
+                task_from[n_tasks] = s + 1
+                task_to[n_tasks] = end[x]
+                n_tasks += 1
+    task_indptr[n] = n_tasks
+    steps = 2 * reads
+    for a in range(n - 1):
+        for b in range(a + 1, n):
+            row[b] = 0.0
+        for t in range(task_indptr[a], task_indptr[a + 1]):
+            for q in range(task_from[t], task_to[t]):
+                row[members[q]] += 1.0
+            steps += task_to[t] - task_from[t]
+        wa = weight[us[a]]
+        for b in range(a + 1, n):
+            row[b] = wa * weight[us[b]] / (alpha2 + row[b])
+        for t in range(task_indptr[a], task_indptr[a + 1]):
+            x = task_item[t]
+            if x == i:
+                continue
+            acc = score[x]
+            for q in range(task_from[t], task_to[t]):
+                acc += row[members[q]]
+            score[x] = acc
+            steps += task_to[t] - task_from[t]
+    n_cand = 0
+    for t in range(n_touched):
+        x = touched[t]
+        if count[x] >= 2 and x != i:
+            touched[n_cand] = x
+            n_cand += 1
+        count[x] = 0
+    return n_cand, steps
+
+
+@numba.njit(cache=True, nogil=True)
+def _top_k_row(cand, score, k, out_idx, out_sc, row):
+    """The k best of `cand` by score into out_*[row], ties by ascending item index."""
+    n = cand.shape[0]
+    if n > k:  # bounded top-k: everything above the k-th largest score and every tie at it
+        vals = np.empty(n, np.float64)
+        for t in range(n):
+            vals[t] = score[cand[t]]
+        thr = np.partition(vals, n - k)[n - k]
+        sel = np.empty(n, np.int32)
+        n_sel = 0
+        for t in range(n):
+            if score[cand[t]] >= thr:
+                sel[n_sel] = cand[t]
+                n_sel += 1
+        cand = sel[:n_sel]
+    cand = np.sort(cand)
+    vals = np.empty(cand.shape[0], np.float64)
+    for t in range(cand.shape[0]):
+        vals[t] = -score[cand[t]]
+    order = np.argsort(vals, kind="mergesort")  # stable: ties keep ascending item index
+    for t in range(min(k, cand.shape[0])):
+        out_idx[row, t] = cand[order[t]]
+        out_sc[row, t] = score[cand[order[t]]]
+
+
+@numba.njit(cache=True, nogil=True)
+def _swing_items(user_indptr, user_items, item_indptr, item_users, weight, alpha2, k, todo, out_idx, out_sc, work,
+                 score, touched, count, start, end, members, task_item, task_from, task_to, task_indptr, row):
+    """Score every item in `todo` into rows of out_idx/out_sc (pre-filled with -1/-inf); add the steps
+    (list elements read, and (pair, common item) updates) to work[0]."""
     steps = 0
-    tag = tag_box[0]
-    for row in range(todo.shape[0]):
-        i = todo[row]
-        n_touched = 0
+    for r in range(todo.shape[0]):
+        i = todo[r]
         us = item_users[item_indptr[i] : item_indptr[i + 1]]
-        for a in range(us.shape[0] - 1):
-            u = us[a]
-            iu = user_items[user_indptr[u] : user_indptr[u + 1]]
-            tag += 1
-            for p in range(iu.shape[0]):
-                mark[iu[p]] = tag
-            steps += iu.shape[0]
-            for b in range(a + 1, us.shape[0]):
-                v = us[b]
-                iv = user_items[user_indptr[v] : user_indptr[v + 1]]
-                c = 0
-                for q in range(iv.shape[0]):
-                    x = iv[q]
-                    common[c] = x
-                    c += mark[x] == tag
-                steps += iv.shape[0]
-                w = weight[u] * weight[v] / (alpha2 + c)
-                for t in range(c):
-                    j = common[t]
-                    if j == i:
-                        continue
-                    if stamp[j] != i:
-                        stamp[j] = i
-                        acc[j] = 0.0
-                        touched[n_touched] = j
-                        n_touched += 1
-                    acc[j] += w
-        if n_touched == 0:
+        if us.shape[0] < 2:
             continue
-        cand = touched[:n_touched]
-        if n_touched > k:  # bounded top-k: everything above the k-th largest score and every tie at it
-            vals = np.empty(n_touched, np.float64)
-            for t in range(n_touched):
-                vals[t] = acc[cand[t]]
-            thr = np.partition(vals, n_touched - k)[n_touched - k]
-            sel = np.empty(n_touched, np.int32)
-            n_sel = 0
-            for t in range(n_touched):
-                if acc[cand[t]] >= thr:
-                    sel[n_sel] = cand[t]
-                    n_sel += 1
-            cand = sel[:n_sel]
-        cand = np.sort(cand)
-        vals = np.empty(cand.shape[0], np.float64)
-        for t in range(cand.shape[0]):
-            vals[t] = -acc[cand[t]]
-        order = np.argsort(vals, kind="mergesort")  # stable: ties keep ascending item index
-        m = min(k, cand.shape[0])
-        for t in range(m):
-            out_idx[row, t] = cand[order[t]]
-            out_sc[row, t] = acc[cand[order[t]]]
+        n_cand, st = _item_scores(i, us, user_indptr, user_items, weight, alpha2, score, touched, count, start, end,
+                                  members, task_item, task_from, task_to, task_indptr, row)
+        steps += st
+        if n_cand > 0:
+            _top_k_row(touched[:n_cand], score, k, out_idx, out_sc, r)
     work[0] += steps
-    tag_box[0] = tag
 
 
 def swing_topk(graph: SwingGraph, k: int, alpha2: float, items: np.ndarray | None = None,
@@ -235,14 +308,14 @@ def swing_topk(graph: SwingGraph, k: int, alpha2: float, items: np.ndarray | Non
     """Top-k Swing neighbours of `items` (default: all). Returns (idx [n, k] int32 -1-padded,
     scores [n, k] float64 -inf-padded, steps). Pass a `scratch` to reuse work arrays across calls."""
     todo = np.arange(graph.n_items, dtype=np.int64) if items is None else np.asarray(items, np.int64)
-    scratch = scratch or SwingScratch(graph.n_items)
+    s = scratch or SwingScratch(graph)
     out_idx = np.full((len(todo), k), -1, np.int32)
     out_sc = np.full((len(todo), k), -np.inf, np.float64)
     work = np.zeros(1, np.int64)
     _swing_items(
-        graph.user_indptr, graph.user_items, graph.item_indptr, graph.item_users,
-        graph.user_weight, float(alpha2), k, todo, out_idx, out_sc, work,
-        scratch.acc, scratch.stamp, scratch.touched, scratch.common, scratch.mark, scratch.tag,
+        graph.user_indptr, graph.user_items, graph.item_indptr, graph.item_users, graph.user_weight, float(alpha2),
+        k, todo, out_idx, out_sc, work, s.score, s.touched, s.count, s.start, s.end, s.members, s.task_item,
+        s.task_from, s.task_to, s.task_indptr, s.row,
     )
     return out_idx, out_sc, int(work[0])
 

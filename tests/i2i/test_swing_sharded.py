@@ -180,7 +180,7 @@ def test_chunks_with_one_scratch_equal_one_call(seed, case, k, n_chunks):
     (small k forces the bounded top-k's partition path and its ties)."""
     _, c, g = _graph(seed, case)
     ref_idx, ref_sc, ref_steps = swing_topk(g, k, c.alpha2)
-    scratch = SwingScratch(g.n_items)
+    scratch = SwingScratch(g)
     steps = 0
     for chunk in np.array_split(np.arange(g.n_items), n_chunks):
         idx, sc, st_ = swing_topk(g, k, c.alpha2, chunk, scratch)

@@ -175,11 +175,8 @@ class SwingScratch:
 def user_list_sums(graph: SwingGraph) -> np.ndarray:
     """Per item, the summed item-list lengths of its (sampled) users: the list elements its scoring reads."""
     user_len = np.diff(graph.user_indptr).astype(np.int64)
-    n_i = np.diff(graph.item_indptr)
-    if not len(graph.item_users):
-        return np.zeros(graph.n_items, np.int64)
-    sums = np.add.reduceat(user_len[graph.item_users], np.minimum(graph.item_indptr[:-1], len(graph.item_users) - 1))
-    return np.where(n_i > 0, sums, 0)  # reduceat repeats the next value on empty segments
+    cum = np.concatenate([[0], np.cumsum(user_len[graph.item_users])])
+    return cum[graph.item_indptr[1:]] - cum[graph.item_indptr[:-1]]
 
 
 @numba.njit(cache=True, nogil=True)

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from llm_i2i.data import sequences_from_interactions
-from llm_i2i.i2i.swing import Swing, SwingConfig, build_graph, reservoir_sample
+from llm_i2i.i2i.swing import Swing, SwingConfig, build_graph, reservoir_sample, swing_topk
 
 
 def _seqs(rows):
@@ -128,3 +128,48 @@ def test_reservoir_sample_is_uniform():
         counts[reservoir_sample(np.arange(20), 5, seed=0, key=key)] += 1
     # each value kept with probability 5/20: 750 expected, binomial sd ~ 24
     assert np.all(np.abs(counts - 750) < 120)
+
+
+def skewed_rows(seed: int, n_users: int, n_items: int, max_len: int) -> list[tuple[int, int]]:
+    """Zipf(1.8) user lengths and item popularity ~ rank^-0.9 (the benchmark's shape, small): heavy users
+    who meet in every hot item, and hot items past the user cap."""
+    rng = np.random.default_rng(seed)
+    lens = np.minimum(rng.zipf(1.8, n_users), max_len)
+    p = np.arange(1, n_items + 1, dtype=np.float64) ** -0.9
+    p /= p.sum()
+    perm = rng.permutation(n_items)
+    return [(u, int(perm[i])) for u in range(n_users) for i in rng.choice(n_items, lens[u], p=p)]
+
+
+def brute_force_capped(g, alpha2):
+    """The definition on the capped graph: pairs of item i's (sampled) users, intersected on full lists."""
+    lists = [set(g.user_items[g.user_indptr[u] : g.user_indptr[u + 1]].tolist()) for u in range(len(g.user_indptr) - 1)]
+    sim = [dict() for _ in range(g.n_items)]
+    for i in range(g.n_items):
+        for u, v in combinations(g.item_users[g.item_indptr[i] : g.item_indptr[i + 1]].tolist(), 2):
+            common = lists[u] & lists[v]
+            w = g.user_weight[u] * g.user_weight[v] / (alpha2 + len(common))
+            for j in common - {i}:
+                sim[i][j] = sim[i].get(j, 0.0) + w
+    return sim
+
+
+@given(st.integers(0, 10_000), st.sampled_from([(5, 8), (12, 30), (1000, 1000)]), st.integers(1, 12),
+       st.sampled_from([0.0, 1.0]))
+@settings(max_examples=40, deadline=None)
+def test_skewed_graphs_top_k_equals_brute_force(seed, caps, k, alpha2):
+    """Skewed graphs with the user and item caps active: the same top-K as the definition (ranks may swap
+    only between scores equal to 1e-12, where float summation order decides)."""
+    seqs = _seqs(skewed_rows(seed, n_users=70, n_items=40, max_len=30))
+    cfg = SwingConfig(k=k, alpha2=alpha2, max_users_per_item=caps[0], max_items_per_user=caps[1], seed=seed)
+    g = build_graph(seqs, cfg)
+    idx, sc, _ = swing_topk(g, k, alpha2)
+    for i, want in enumerate(brute_force_capped(g, alpha2)):
+        ranked = sorted(want.items(), key=lambda t: (-t[1], t[0]))[:k]
+        got = [(int(j), float(s)) for j, s in zip(idx[i], sc[i]) if j >= 0]
+        assert len(got) == len(ranked)
+        for (gj, gs), (wj, ws) in zip(got, ranked):
+            assert gs == pytest.approx(ws, rel=1e-12)
+            assert want[gj] == pytest.approx(ws, rel=1e-12)  # a swap only between (near-)equal scores
+            if gj != wj:
+                assert want[gj] == pytest.approx(want[wj], rel=1e-12)

@@ -1,5 +1,5 @@
-"""Sharded Swing: planning properties, the two-level simulation and the Ray job all give exactly the
-single-node Swing answer, for 1, 2 and 7 shards, on uniform and power-law random graphs."""
+"""Sharded Swing: planning properties, and the Ray job gives exactly the single-node Swing answer, for
+1, 2 and 7 shards, on uniform and power-law random graphs."""
 
 from __future__ import annotations
 
@@ -11,17 +11,8 @@ from hypothesis import strategies as st
 
 from llm_i2i.data.sequences import Sequences, sequences_from_interactions
 from llm_i2i.i2i.base import NEIGHBORS_SCHEMA
-from llm_i2i.i2i.swing import Swing, SwingConfig, SwingScratch, build_graph, swing_topk
-from llm_i2i.i2i.swing_shards import (
-    ClusterSpec,
-    CostModel,
-    balanced_ranges,
-    chunk_ranges,
-    item_work,
-    node_subgraph,
-    plan_two_level,
-    simulate_two_level,
-)
+from llm_i2i.i2i.swing import Swing, SwingConfig, SwingGraph, SwingScratch, build_graph, swing_topk, user_list_sums
+from llm_i2i.i2i.swing_shards import balanced_ranges, chunk_ranges, item_work
 
 
 def random_sequences(seed: int, n_users: int, n_items: int, skew: float, mean_len: float) -> Sequences:
@@ -84,45 +75,6 @@ def test_item_work_bounds_measured_steps(case):
     for i in range(g.n_items):
         _, _, steps = swing_topk(g, c.k, c.alpha2, np.array([i]))
         assert steps <= work[i] - 1 + 1e-9
-
-
-# --------------------------------------------------------------------------- two-level simulation
-
-
-@settings(max_examples=12, deadline=None)
-@given(st.integers(0, 10_000), st.sampled_from(sorted(CASES)), st.sampled_from([1, 2, 7]))
-def test_two_level_simulation_equals_single_node(seed, case, nodes):
-    _, c, g = _graph(seed, case)
-    ref_idx, ref_sc, ref_steps = swing_topk(g, c.k, c.alpha2)
-    idx, sc, steps, plan = simulate_two_level(g, nodes, c.k, c.alpha2)
-    np.testing.assert_array_equal(idx, ref_idx)
-    np.testing.assert_allclose(sc, ref_sc, rtol=1e-9, atol=0)
-    assert steps == ref_steps
-    assert len(plan.nodes) == nodes and sum(n.items for n in plan.nodes) == g.n_items
-
-
-def test_two_level_plan_bytes_match_shipped_arrays():
-    _, _, g = _graph(3, "power_law")
-    plan = plan_two_level(g, 3)
-    for p, node in enumerate(plan.nodes):
-        sub, users = node_subgraph(g, int(plan.bounds[p]), int(plan.bounds[p + 1]))
-        assert node.users == len(users)
-        assert node.user_list_bytes == sub.user_items.nbytes + sub.user_indptr.nbytes + sub.user_weight.nbytes
-        assert node.item_list_bytes == sub.item_users.nbytes + 8 * (node.items + 1)
-    # one node holds every user that clicked something: no replication beyond the graph itself
-    assert plan_two_level(g, 1).replication <= 1.0 + 1e-12
-    assert plan.replication >= plan_two_level(g, 1).replication
-
-
-def test_cost_model_scales_and_switches_plan():
-    model = CostModel(steps_per_edge=100.0, steps_per_s_per_core=1e8, graph_bytes_per_edge=10.0, replication=1.5)
-    cluster = ClusterSpec(cores_per_node=10, memory_per_node_bytes=1e9, object_store_fraction=0.5)
-    small = model.estimate(1e7, cluster)  # 1e8 bytes fit one 5e8-byte store
-    big = model.estimate(1e9, cluster)  # 1e10 bytes x 1.5 replication -> 30 nodes
-    assert small["nodes"] == 1 and small["bytes_shuffled"] == 0
-    assert big["nodes"] == 30 and big["bytes_per_node"] <= 5e8
-    assert small["wall_hours"] * 3600 == pytest.approx(1e7 * 100 / (1e8 * 10))
-    assert big["intersection_steps"] == pytest.approx(1e11)
 
 
 # --------------------------------------------------------------------------- Ray actors
@@ -188,3 +140,22 @@ def test_chunks_with_one_scratch_equal_one_call(seed, case, k, n_chunks):
         np.testing.assert_array_equal(sc, ref_sc[chunk])
         steps += st_
     assert steps == ref_steps
+
+
+def test_user_list_sums_with_empty_items_anywhere():
+    """Items without users at the start, middle and end (as in a shard's sub-graph): the sums that size
+    the kernel's buffers equal a direct count, and the kernel on that graph equals the full graph's rows."""
+    _, c, g = _graph(2, "power_law")
+    lo, hi = 10, 50
+    n_i = np.diff(g.item_indptr)
+    n_i[:lo] = 0
+    n_i[hi:] = 0
+    n_i[30] = 0
+    indptr = np.concatenate([[0], np.cumsum(n_i)])
+    keep = np.concatenate([g.item_users[g.item_indptr[i] : g.item_indptr[i + 1]] for i in range(g.n_items) if n_i[i]])
+    sub = SwingGraph(g.user_indptr, g.user_items, indptr, keep.astype(np.int32), g.user_weight, g.n_items, {})
+    user_len = np.diff(sub.user_indptr)
+    want = [int(user_len[sub.item_users[sub.item_indptr[i] : sub.item_indptr[i + 1]]].sum()) for i in range(sub.n_items)]
+    assert user_list_sums(sub).tolist() == want
+    rows = np.array([i for i in range(lo, hi) if i != 30])
+    np.testing.assert_array_equal(swing_topk(sub, c.k, c.alpha2, rows)[1], swing_topk(g, c.k, c.alpha2, rows)[1])

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import resource
 import shutil
 import sys
@@ -22,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from llm_i2i.data.sequences import Sequences
-from llm_i2i.i2i.swing import SwingConfig, build_graph, swing_topk
 from benchmarks.swing_plan import ClusterSpec, CostModel, graph_bytes, plan_two_level
-from llm_i2i.i2i.swing_shards import item_work
+from benchmarks.swing_skewed import machine_info, save_log_log
+from llm_i2i.data.sequences import Sequences
+from llm_i2i.i2i.swing import SwingConfig, build_graph, item_work, swing_topk
 from llm_i2i.io import write_json, write_text
 from llm_i2i.progress import log
 
@@ -88,20 +87,6 @@ def run_ours(graph, shards: int, k: int, alpha2: float, scratch: Path) -> tuple[
     stats["floor_seconds"] = stats["intersection_steps"] / (FLOOR_STEPS_PER_S_PER_CORE * shards)
     stats["over_floor"] = stats["compute_seconds"] / stats["floor_seconds"]
     return stats, out / "neighbors.parquet"
-
-
-def machine_info() -> dict:
-    """Machine, date and code version a result was measured on."""
-    import subprocess
-
-    def git(*a: str) -> str:
-        r = subprocess.run(["git", *a], capture_output=True, text=True, cwd=Path(__file__).parent)
-        return r.stdout.strip()
-
-    return {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
-            "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": git("rev-parse", "--short", "HEAD"),
-            "uncommitted_changes": bool(git("status", "--porcelain", "--untracked-files=no"))}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -297,16 +282,7 @@ def plot(rows: list[dict], path: Path) -> None:
     ref = [(r["edges"], r["reference"]["estimated_full_seconds"]) for r in rows if "reference" in r]
     if ref:
         ax.plot(*zip(*ref), "x", ms=10, label="item-centric Python reference (sampled, extrapolated)")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("edges (after caps)")
-    ax.set_ylabel("wall seconds")
-    ax.set_title("Swing top-K on power-law graphs, 2-core machine")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_log_log(fig, ax, path, "edges (after caps)", "wall seconds", "Swing top-K on power-law graphs, 2-core machine")
 
 
 def markdown(res: dict) -> str:

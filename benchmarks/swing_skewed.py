@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -31,6 +32,20 @@ from llm_i2i.io import write_json, write_text
 from llm_i2i.progress import log
 
 ITEMS_PER_EDGE = 450_000 / 4_300_000
+
+
+def machine_info() -> dict:
+    """Machine, date and code version a result was measured on."""
+    import subprocess
+
+    def git(*a: str) -> str:
+        r = subprocess.run(["git", *a], capture_output=True, text=True, cwd=Path(__file__).parent)
+        return r.stdout.strip()
+
+    return {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
+            "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": git("rev-parse", "--short", "HEAD"),
+            "uncommitted_changes": bool(git("status", "--porcelain", "--untracked-files=no"))}
 
 
 def skewed_sequences(edges: int, seed: int, max_user_len: int = 1000, user_zipf: float = 1.8,
@@ -149,8 +164,6 @@ def run(sizes: list[int], caps_list: list[tuple[int, int]], seed: int, scratch: 
         argv: list[str]) -> None:
     import ray
 
-    from benchmarks.swing_scale import machine_info
-
     scratch.mkdir(parents=True, exist_ok=True)
     from llm_i2i.progress import setup_logging
 
@@ -261,11 +274,18 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.plot(e, [r["reference"]["seconds"] for r in rs], "x--", label=f"mark-and-scan reference, caps {caps}")
         ax.plot(e, [r["ours_kernel"]["seconds"] for r in rs], "o-", label=f"ours, kernel, caps {caps}")
         ax.plot(e, [r["ours_cli"]["seconds"] for r in rs], "s:", label=f"llm-i2i index (whole), caps {caps}")
+    save_log_log(fig, ax, path, "distinct edges", "wall seconds (2 cores)",
+                 "Swing on skewed graphs (Zipf 1.8 users, rank^-0.9 items)")
+
+
+def save_log_log(fig, ax, path: Path, xlabel: str, ylabel: str, title: str) -> None:
+    import matplotlib.pyplot as plt
+
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("distinct edges")
-    ax.set_ylabel("wall seconds (2 cores)")
-    ax.set_title("Swing on skewed graphs (Zipf 1.8 users, rank^-0.9 items)")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()

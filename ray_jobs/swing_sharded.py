@@ -23,9 +23,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
-from llm_i2i.i2i.base import NEIGHBORS_SCHEMA
-from llm_i2i.i2i.swing import SwingConfig, SwingGraph, SwingScratch, build_graph, swing_topk
-from llm_i2i.i2i.swing_shards import chunk_ranges, item_work, plan_shards
+from llm_i2i.i2i.base import NEIGHBORS_SCHEMA, Neighbors
+from llm_i2i.i2i.swing import SwingConfig, SwingGraph, SwingScratch, build_graph, item_work, swing_topk
+from llm_i2i.i2i.swing_shards import chunk_ranges, plan_shards
 from llm_i2i.io import atomic_dir, atomic_path, sha256_file, write_json
 from llm_i2i.progress import log
 
@@ -174,6 +174,31 @@ def run_sharded_swing(
             tmp / "manifest.json",
         )
     return stats
+
+
+class RaySwingRunner:
+    """`Swing`'s sharded path on a Ray cluster: one shard per cluster CPU (or `shards`), the index read back
+    from the job's Parquet. Joins the running Ray session, or starts one at `address` and stops it after."""
+
+    def __init__(self, address: str | None = None, shards: int | None = None):
+        self.address = address
+        self.shards = shards
+
+    def __call__(self, graph: SwingGraph, item_ids: np.ndarray, k: int, alpha2: float) -> tuple[Neighbors, dict]:
+        import tempfile
+
+        started = not ray.is_initialized()
+        if started:
+            ray.init(address=self.address, include_dashboard=False, log_to_driver=False)
+        try:
+            shards = self.shards or max(1, int(ray.cluster_resources().get("CPU", 1)))
+            with tempfile.TemporaryDirectory(prefix="swing_sharded_") as tmp:
+                stats = run_sharded_swing(graph, item_ids, shards, Path(tmp) / "index", k, alpha2)
+                table = pq.read_table(Path(tmp) / "index" / "neighbors.parquet")
+        finally:
+            if started:
+                ray.shutdown()
+        return Neighbors.from_table(table, np.asarray(item_ids, np.int64)), stats
 
 
 def concat_parts(parts: list[Path], out: Path) -> int:

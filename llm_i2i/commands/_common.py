@@ -42,8 +42,12 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field (repeatable)")
 
 
-def fit_backbone(args: argparse.Namespace, train: Sequences, valid_targets: np.ndarray | None = None) -> tuple[Neighbors, dict[str, Any]]:
+def fit_backbone(args: argparse.Namespace, train: Sequences, valid_targets: np.ndarray | None = None,
+                 runner: Any = None) -> tuple[Neighbors, dict[str, Any]]:
+    """Fit the chosen backbone; `runner` is a sharded path for backbones that take one (Swing)."""
     model = make_backbone(args.model, args.config, args.set, section=config_section(args.config, args.model))
+    if runner is not None:
+        model.runner = runner
     log.info(f"fitting {args.model} on {train.n_users} users, {train.n_items} items, {int(train.indptr[-1])} interactions")
     t0 = time.perf_counter()
     neighbors = model.fit(train, valid_targets)

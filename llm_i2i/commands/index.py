@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from llm_i2i.commands._common import add_model_arguments, fit_backbone
 from llm_i2i.data import load_dataset
@@ -22,7 +23,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     ds = load_dataset(args.interactions)
     seqs = ds.sequences()
-    neighbors, info = fit_backbone(args, seqs)
+    neighbors, info = fit_backbone(args, seqs, runner=sharded_runner(args.model))
     out = write_index(neighbors, args.out, {**info, "dataset": ds.name, "data_report": ds.report})
     log.info(f"wrote {out}/neighbors.parquet ({int(neighbors.indptr[-1])} rows, {neighbors.n_items} items)")
     return 0
+
+
+def sharded_runner(model: str):
+    """With RAY_ADDRESS naming a cluster, Swing gets the Ray job as its sharded path and takes it past
+    `sharded_min_work` estimated steps; otherwise every fit runs on local threads."""
+    address = os.environ.get("RAY_ADDRESS")
+    if model != "swing" or not address:
+        return None
+    from ray_jobs.swing_sharded import RaySwingRunner
+
+    return RaySwingRunner(address)

@@ -22,6 +22,7 @@ mark-and-scan. The same kernel serves the single-node model and each shard of th
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numba
 import numpy as np
@@ -42,6 +43,9 @@ class SwingConfig:
     max_users_per_item: int = 1000
     seed: int = 0
     allow_negative_beta: bool = False
+    # estimated kernel steps (`item_work`, an upper bound) from which the fit runs on a cluster runner when
+    # one is given (`llm-i2i index` gives one when RAY_ADDRESS names a cluster); below it, local threads
+    sharded_min_work: float = 1e12
 
     def validate(self) -> None:
         if self.k <= 0:
@@ -59,6 +63,8 @@ class SwingConfig:
             raise ValueError("swing: need 1 <= min_items_per_user <= max_items_per_user")
         if self.max_users_per_item < 2:
             raise ValueError("swing.max_users_per_item must be >= 2")
+        if self.sharded_min_work < 0:
+            raise ValueError(f"swing.sharded_min_work must be >= 0, got {self.sharded_min_work}")
 
 
 @dataclass
@@ -177,6 +183,14 @@ def user_list_sums(graph: SwingGraph) -> np.ndarray:
     user_len = np.diff(graph.user_indptr).astype(np.int64)
     cum = np.concatenate([[0], np.cumsum(user_len[graph.item_users])])
     return cum[graph.item_indptr[1:]] - cum[graph.item_indptr[:-1]]
+
+
+def item_work(graph: SwingGraph) -> np.ndarray:
+    """Work per item, an upper bound of the kernel's steps: (n_i + 1) * the summed list lengths of its n_i users
+    (2 reads per list element, 2 updates per (pair, common item); the pairs of a user share at most
+    (n_i - 1) times its list), + 1 for the item."""
+    n_i = np.diff(graph.item_indptr)
+    return np.where(n_i > 1, (n_i + 1) * user_list_sums(graph).astype(np.float64), 0.0) + 1.0
 
 
 @numba.njit(cache=True, nogil=True)
@@ -333,19 +347,31 @@ def swing_topk_threaded(graph: SwingGraph, k: int, alpha2: float, n_threads: int
     return idx, sc, sum(p[2] for p in parts)
 
 
+# (capped graph, external item ids, k, alpha2) -> (neighbours, stats with "shards" and "intersection_steps")
+ShardedRunner = Callable[[SwingGraph, np.ndarray, int, float], "tuple[Neighbors, dict]"]
+
+
 class Swing(I2IModel):
     name = "swing"
 
-    def __init__(self, config: SwingConfig | None = None, n_threads: int | None = None):
+    def __init__(self, config: SwingConfig | None = None, n_threads: int | None = None,
+                 runner: ShardedRunner | None = None):
         self.config = config or SwingConfig()
         self.config.validate()
         self.n_threads = n_threads or numba.config.NUMBA_NUM_THREADS
+        self.runner = runner  # the sharded path (ray_jobs.swing_sharded.RaySwingRunner), used past a size
         self.report: dict = {}
 
     def fit(self, train: Sequences, valid_targets: np.ndarray | None = None) -> Neighbors:
         from llm_i2i.i2i.base import neighbors_from_dense_topk
 
         g = build_graph(train, self.config)
+        work = float(item_work(g).sum())
+        self.report = {**g.report, "edges": g.n_edges, "estimated_work": work}
+        if self.runner is not None and work >= self.config.sharded_min_work:
+            neighbors, stats = self.runner(g, train.item_ids, self.config.k, self.config.alpha2)
+            self.report.update(path="sharded", shards=stats["shards"], intersection_steps=stats["intersection_steps"])
+            return neighbors
         idx, sc, steps = swing_topk_threaded(g, self.config.k, self.config.alpha2, self.n_threads)
-        self.report = {**g.report, "edges": g.n_edges, "intersection_steps": steps}
+        self.report.update(path="threads", threads=self.n_threads, intersection_steps=steps)
         return neighbors_from_dense_topk(idx, sc, train.item_ids)

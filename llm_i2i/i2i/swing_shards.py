@@ -4,8 +4,7 @@ graphs beyond one node and the cost model live beside their benchmark (`benchmar
 
 Swing is item-centric and every item's top-K depends only on (its sampled users, those users' full
 item lists, the user weights), so any partition of the items gives exactly the single-node answer.
-The work of item i is its users' list lengths (each list is read twice) plus its (pair, common item)
-updates (twice), so  work(i) <= (n_i + 1) * sum_{u in U_i} |I_u|  (+1).
+Ranges are balanced by `llm_i2i.i2i.swing.item_work`, an upper bound of each item's kernel steps.
 """
 
 from __future__ import annotations
@@ -14,15 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from llm_i2i.i2i.swing import SwingGraph, user_list_sums
-
-
-def item_work(graph: SwingGraph) -> np.ndarray:
-    """Work per item, an upper bound of the kernel's steps: (n_i + 1) * the summed list lengths of its n_i users
-    (2 reads per list element, 2 updates per (pair, common item); the pairs of a user share at most
-    (n_i - 1) times its list), + 1 for the item."""
-    n_i = np.diff(graph.item_indptr)
-    return np.where(n_i > 1, (n_i + 1) * user_list_sums(graph).astype(np.float64), 0.0) + 1.0
+from llm_i2i.i2i.swing import SwingGraph, item_work
 
 
 def balanced_ranges(work: np.ndarray, n_parts: int) -> np.ndarray:

@@ -173,3 +173,23 @@ def test_skewed_graphs_top_k_equals_brute_force(seed, caps, k, alpha2):
             assert want[gj] == pytest.approx(ws, rel=1e-12)  # a swap only between (near-)equal scores
             if gj != wj:
                 assert want[gj] == pytest.approx(want[wj], rel=1e-12)
+
+
+def test_sharded_runner_taken_past_the_work_threshold_only():
+    """A given runner is used exactly when the estimated work reaches `sharded_min_work`; the threads path
+    otherwise. Both give the same neighbours (the fake runner delegates to the threaded kernel)."""
+    seqs = _seqs(skewed_rows(3, n_users=60, n_items=30, max_len=20))
+    calls = []
+
+    def runner(graph, item_ids, k, alpha2):
+        calls.append(graph.n_edges)
+        return Swing(SwingConfig(k=k, alpha2=alpha2, min_items_per_user=1)).fit(seqs), {"shards": 3, "intersection_steps": 7}
+
+    threads = Swing(SwingConfig(k=5))
+    want = threads.fit(seqs).to_table()
+    assert threads.report["path"] == "threads" and not calls
+    below = Swing(SwingConfig(k=5, sharded_min_work=threads.report["estimated_work"] + 1), runner=runner)
+    assert below.fit(seqs).to_table().equals(want) and below.report["path"] == "threads" and not calls
+    past = Swing(SwingConfig(k=5, sharded_min_work=threads.report["estimated_work"]), runner=runner)
+    past.fit(seqs)
+    assert calls and past.report["path"] == "sharded" and past.report["shards"] == 3

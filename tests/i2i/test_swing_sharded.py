@@ -11,8 +11,17 @@ from hypothesis import strategies as st
 
 from llm_i2i.data.sequences import Sequences, sequences_from_interactions
 from llm_i2i.i2i.base import NEIGHBORS_SCHEMA
-from llm_i2i.i2i.swing import Swing, SwingConfig, SwingGraph, SwingScratch, build_graph, swing_topk, user_list_sums
-from llm_i2i.i2i.swing_shards import balanced_ranges, chunk_ranges, item_work
+from llm_i2i.i2i.swing import (
+    Swing,
+    SwingConfig,
+    SwingGraph,
+    SwingScratch,
+    build_graph,
+    item_work,
+    swing_topk,
+    user_list_sums,
+)
+from llm_i2i.i2i.swing_shards import balanced_ranges, chunk_ranges
 
 
 def random_sequences(seed: int, n_users: int, n_items: int, skew: float, mean_len: float) -> Sequences:
@@ -159,3 +168,23 @@ def test_user_list_sums_with_empty_items_anywhere():
     assert user_list_sums(sub).tolist() == want
     rows = np.array([i for i in range(lo, hi) if i != 30])
     np.testing.assert_array_equal(swing_topk(sub, c.k, c.alpha2, rows)[1], swing_topk(g, c.k, c.alpha2, rows)[1])
+
+
+@pytest.mark.ray
+def test_index_command_takes_the_sharded_path_on_a_cluster(ray_cluster, tmp_path, monkeypatch):
+    """`llm-i2i index` with RAY_ADDRESS set hands a big enough Swing fit (here: any, sharded_min_work=0) to the
+    Ray job; the index equals the one built on local threads."""
+    import json
+
+    from llm_i2i.cli import main
+
+    inter = tmp_path / "interactions.parquet"
+    pq.write_table(random_sequences(5, **CASES["power_law"]).to_interactions(), inter)
+    assert main(["index", "--interactions", str(inter), "--out", str(tmp_path / "threads"), "--set", "k=10"]) == 0
+    monkeypatch.setenv("RAY_ADDRESS", "auto")
+    assert main(["index", "--interactions", str(inter), "--out", str(tmp_path / "sharded"), "--set", "k=10",
+                 "--set", "sharded_min_work=0"]) == 0
+    report = json.loads((tmp_path / "sharded" / "manifest.json").read_text())["fit_report"]
+    assert report["path"] == "sharded" and report["shards"] >= 1
+    got, want = (pq.read_table(tmp_path / d / "neighbors.parquet") for d in ("sharded", "threads"))
+    assert got.equals(want)

@@ -43,9 +43,10 @@ class SwingConfig:
     max_users_per_item: int = 1000
     seed: int = 0
     allow_negative_beta: bool = False
-    # estimated kernel steps (`item_work`, an upper bound) from which the fit runs on a cluster runner when
-    # one is given (`llm-i2i index` gives one when RAY_ADDRESS names a cluster); below it, local threads
-    sharded_min_work: float = 1e12
+    # estimated kernel steps (`item_work`, an upper bound, ~10x the real steps on skewed graphs) from which
+    # the fit runs on a cluster runner when one is given (`llm-i2i index` gives one when RAY_ADDRESS names a
+    # cluster); 1e11 is about 3M skewed edges at the default caps. Below it, or without a runner: local threads
+    sharded_min_work: float = 1e11
 
     def validate(self) -> None:
         if self.k <= 0:

@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.swing_plan import ClusterSpec, CostModel, graph_bytes, plan_two_level
-from benchmarks.swing_skewed import machine_info, save_log_log
+from benchmarks._common import machine_info
+from benchmarks.swing_skewed import save_log_log
 from llm_i2i.data.sequences import Sequences
 from llm_i2i.i2i.swing import SwingConfig, build_graph, item_work, swing_topk
 from llm_i2i.io import write_json, write_text
@@ -114,6 +115,11 @@ def main(argv: list[str] | None = None) -> int:
 
         caps = [tuple(int(v) for v in c.split("/")) for c in args.caps.split(",") if c]
         out = Path(args.out) if args.out != str(RESULTS / "swing_scale") else RESULTS / "swing_scale_skewed"
+        if args.render:
+            import json
+
+            swing_skewed.render(json.loads(Path(args.render).read_text()), out)
+            return 0
         swing_skewed.run([int(float(s)) for s in (args.sizes or "1e6,5e6").split(",") if s], caps, args.seed,
                          Path(args.scratch), out, args.ray_shards, argv)
         return 0

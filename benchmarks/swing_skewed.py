@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -24,28 +23,15 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from benchmarks._common import provenance, run_record, write_result
 from benchmarks.swing_plan import ClusterSpec, CostModel, graph_bytes, plan_two_level
 from llm_i2i.data import load_dataset
 from llm_i2i.data.sequences import Sequences
 from llm_i2i.i2i.swing import SwingConfig, build_graph, swing_topk_threaded
-from llm_i2i.io import write_json, write_text
+from llm_i2i.io import write_json
 from llm_i2i.progress import log
 
 ITEMS_PER_EDGE = 450_000 / 4_300_000
-
-
-def machine_info() -> dict:
-    """Machine, date and code version a result was measured on."""
-    import subprocess
-
-    def git(*a: str) -> str:
-        r = subprocess.run(["git", *a], capture_output=True, text=True, cwd=Path(__file__).parent)
-        return r.stdout.strip()
-
-    return {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
-            "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": git("rev-parse", "--short", "HEAD"),
-            "uncommitted_changes": bool(git("status", "--porcelain", "--untracked-files=no"))}
 
 
 def skewed_sequences(edges: int, seed: int, max_user_len: int = 1000, user_zipf: float = 1.8,
@@ -179,14 +165,18 @@ def run(sizes: list[int], caps_list: list[tuple[int, int]], seed: int, scratch: 
                 write_json({"partial": True, "runs": rows}, out.with_suffix(".partial.json"))
     finally:
         ray.shutdown()
-    result = {"command": " ".join(["python", "-m", "benchmarks.swing_scale", *argv]), "machine": machine_info(),
-              "runs": rows, "benchmark_seconds": time.perf_counter() - t_all}
-    result["cost_model"] = {c: cost_model([r for r in rows if r["caps"] == c]) for c in dict.fromkeys(r["caps"] for r in rows)}
-    write_json(result, out.with_suffix(".json"))
-    write_text(markdown(result), out.with_suffix(".md"))
-    plot(rows, out.with_suffix(".png"))
+    record = {**run_record("swing_scale", argv), "runs": rows, "benchmark_seconds": time.perf_counter() - t_all}
+    render(record, out)
     out.with_suffix(".partial.json").unlink(missing_ok=True)
     log.info(f"wrote {out}.{{json,md,png}}")
+
+
+def render(record: dict, out: Path) -> None:
+    """The cost model, the page and the plot, from a run's record (also to re-render a stored one)."""
+    rows = record["runs"]
+    record["cost_model"] = {c: cost_model([r for r in rows if r["caps"] == c]) for c in dict.fromkeys(r["caps"] for r in rows)}
+    write_result(out, record, markdown(record))
+    plot(rows, out.with_suffix(".png"))
 
 
 def cost_model(rows: list[dict]) -> dict:
@@ -219,9 +209,9 @@ def markdown(res: dict) -> str:
     lines = [
         "# Swing on skewed graphs at the default caps",
         "",
-        f"Command: `{res['command']}` (under `flock /tmp/llm_i2i_heavy.lock`)  ",
-        f"Machine: {res['machine']}; benchmark took {res['benchmark_seconds']:.0f} s.",
+        provenance(res) + f" Under the heavy-work lock; took {res['benchmark_seconds']:.0f} s.",
         "",
+        *([res["note"], ""] if res.get("note") else []),
         "Graphs: `benchmarks/swing_skewed.skewed_sequences` (Zipf(1.8) user lengths clipped at the user cap,",
         "item popularity ~ rank^-0.9, 0.105 items per edge). Reference: `benchmarks/swing_reference.swing_mark_scan`,",
         "a minimal numba mark-and-scan kernel, 2 threads, on the same capped graph in the same process as",

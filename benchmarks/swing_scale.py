@@ -5,8 +5,9 @@ intersection-step floor and a cost model extrapolated to 1B / 10B edges.
     flock /tmp/llm_i2i_heavy.lock .venv/bin/python -m benchmarks.swing_scale \
         [--sizes 1e6,1e7,1e8] [--spark-sizes 1e6,1e7] [--reference-size 1e6] [--one-shard-max 1e7]
 
-Writes benchmarks/results/swing_scale.{json,md,png}. `--preset skewed` runs `benchmarks/swing_skewed.py`
-instead: skewed graphs at the default caps, `llm-i2i index` against a minimal compiled kernel.
+Writes benchmarks/results/swing_scale.{json,md,png}. `--preset skewed ARGS` runs
+`python -m benchmarks.swing_skewed ARGS` instead: skewed graphs at the default caps, `llm-i2i index`
+against a minimal compiled kernel.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy as np
 
 from benchmarks.swing_plan import ClusterSpec, CostModel, graph_bytes, plan_two_level
 from benchmarks._common import machine_info
-from benchmarks.swing_skewed import save_log_log
+from benchmarks import swing_skewed
 from llm_i2i.data.sequences import Sequences
 from llm_i2i.i2i.swing import SwingConfig, build_graph, item_work, swing_topk
 from llm_i2i.io import write_json, write_text
@@ -91,12 +92,16 @@ def run_ours(graph, shards: int, k: int, alpha2: float, scratch: Path) -> tuple[
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(argv if argv is not None else sys.argv[1:])
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--preset", default="power_law")
+    known, rest = pre.parse_known_args(argv)
+    if known.preset == "skewed":
+        return swing_skewed.main(rest)
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", choices=("power_law", "skewed"), default="power_law",
-                   help="skewed: benchmarks/swing_skewed.py (default sizes 1e6,5e6, caps 1000/1000 and 100/200)")
-    p.add_argument("--caps", default="1000/1000,100/200", help="skewed preset: max_users_per_item/max_items_per_user, ...")
-    p.add_argument("--ray-shards", type=int, default=2, help="skewed preset: also run the Ray job on this many actors (0: skip)")
-    p.add_argument("--sizes", default=None, help="edges per graph (default 1e6,1e7,1e8; skewed: 1e6,5e6)")
+                   help="skewed: `benchmarks/swing_skewed.py` with the remaining arguments (see its --help)")
+    p.add_argument("--sizes", default="1e6,1e7,1e8")
     p.add_argument("--spark-sizes", default="1e6,1e7")
     p.add_argument("--reference-size", type=float, default=1e6)
     p.add_argument("--reference-items", type=int, default=400, help="items (evenly strided) the Python reference scores")
@@ -109,21 +114,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(RESULTS / "swing_scale"))
     p.add_argument("--render", metavar="PARTIAL_JSON", help="only re-render json/md/png from a (partial) run's JSON")
     args = p.parse_args(argv)
-    argv = argv if argv is not None else sys.argv[1:]
-    if args.preset == "skewed":
-        from benchmarks import swing_skewed
-
-        caps = [tuple(int(v) for v in c.split("/")) for c in args.caps.split(",") if c]
-        out = Path(args.out) if args.out != str(RESULTS / "swing_scale") else RESULTS / "swing_scale_skewed"
-        if args.render:
-            import json
-
-            swing_skewed.render(json.loads(Path(args.render).read_text()), out)
-            return 0
-        swing_skewed.run([int(float(s)) for s in (args.sizes or "1e6,5e6").split(",") if s], caps, args.seed,
-                         Path(args.scratch), out, args.ray_shards, argv)
-        return 0
-    args.sizes = args.sizes or "1e6,1e7,1e8"
     if args.render:
         import json
 
@@ -288,7 +278,7 @@ def plot(rows: list[dict], path: Path) -> None:
     ref = [(r["edges"], r["reference"]["estimated_full_seconds"]) for r in rows if "reference" in r]
     if ref:
         ax.plot(*zip(*ref), "x", ms=10, label="item-centric Python reference (sampled, extrapolated)")
-    save_log_log(fig, ax, path, "edges (after caps)", "wall seconds", "Swing top-K on power-law graphs, 2-core machine")
+    swing_skewed.save_log_log(fig, ax, path, "edges (after caps)", "wall seconds", "Swing top-K on power-law graphs, 2-core machine")
 
 
 def markdown(res: dict) -> str:

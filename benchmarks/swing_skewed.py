@@ -2,8 +2,8 @@
 its kernel alone) and the Ray job with 2 actors, against a minimal compiled mark-and-scan kernel on the
 same capped graph in the same run; then a cost model per cap setting, refitted on these graphs.
 
-    flock /tmp/llm_i2i_heavy.lock python -m benchmarks.swing_scale --preset skewed \\
-        [--sizes 1e6,5e6] [--caps 1000/1000,100/200]
+    flock /tmp/llm_i2i_heavy.lock python -m benchmarks.swing_skewed [--sizes 1e6,5e6] [--caps 1000/1000,100/200]
+    (the same as `python -m benchmarks.swing_scale --preset skewed ...`)
 
 Graphs: Zipf(1.8) user lengths (clipped at the per-user cap, so no user is dropped), item popularity
 proportional to rank^-0.9 over 0.105 items per edge (the issue's 450k items for 4.3M edges), ids
@@ -12,6 +12,7 @@ shuffled; sized by distinct edges. Writes benchmarks/results/swing_scale_skewed.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -32,6 +33,27 @@ from llm_i2i.io import write_json
 from llm_i2i.progress import log
 
 ITEMS_PER_EDGE = 450_000 / 4_300_000
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", default="1e6,5e6", help="distinct edges per graph")
+    p.add_argument("--caps", default="1000/1000,100/200", help="max_users_per_item/max_items_per_user, ...")
+    p.add_argument("--ray-shards", type=int, default=2, help="also run the Ray job on this many actors (0: skip)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--scratch", default="/tmp/swing_skewed_scratch")
+    p.add_argument("--out", default=str(RESULTS / "swing_scale_skewed"))
+    p.add_argument("--render", metavar="JSON", help="only re-render the page and plot from a stored run's JSON")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    if args.render:
+        render(json.loads(Path(args.render).read_text()), out)
+        return 0
+    caps = [tuple(int(v) for v in c.split("/")) for c in args.caps.split(",") if c]
+    run([int(float(s)) for s in args.sizes.split(",") if s], caps, args.seed, Path(args.scratch), out, args.ray_shards,
+        argv if argv is not None else sys.argv[1:])
+    return 0
 
 
 def skewed_sequences(edges: int, seed: int, max_user_len: int = 1000, user_zipf: float = 1.8,
@@ -165,7 +187,7 @@ def run(sizes: list[int], caps_list: list[tuple[int, int]], seed: int, scratch: 
                 write_json({"partial": True, "runs": rows}, out.with_suffix(".partial.json"))
     finally:
         ray.shutdown()
-    record = {**run_record("swing_scale", argv), "runs": rows, "benchmark_seconds": time.perf_counter() - t_all}
+    record = {**run_record("swing_skewed", argv), "runs": rows, "benchmark_seconds": time.perf_counter() - t_all}
     render(record, out)
     out.with_suffix(".partial.json").unlink(missing_ok=True)
     log.info(f"wrote {out}.{{json,md,png}}")
@@ -281,3 +303,7 @@ def save_log_log(fig, ax, path: Path, xlabel: str, ylabel: str, title: str) -> N
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -301,3 +301,21 @@ def test_pipeline_evaluation_runs_through_the_runner(generator_ckpt, dataset_dir
     ops = real_llm_ops(Recording())
     m = ops.evaluate_generator(generator_ckpt, dataset_dir, EvalConfig(split="test", ks=(10,)), {"max_users": 50})
     assert calls == ["evaluate_generator"] and m["users_evaluated"] == 50
+
+
+def test_resume_store_takes_the_newest_complete_state(tmp_path):
+    """A state whose files do not match its completeness marker (truncated by a crash or a full disk) is skipped."""
+    from llm_i2i.llm.sft_resume import ResumeStore
+
+    store = ResumeStore(tmp_path, "key")
+    weights = {"w": torch.arange(6, dtype=torch.float32)}
+    first = store.commit({"global_step": 1, "dtype": "torch.float32"}, weights, ({"0.exp_avg": torch.ones(6)}, {}), None, False)
+    second = store.commit({"global_step": 2, "dtype": "torch.float32"}, weights, ({"0.exp_avg": torch.ones(6)}, {}), weights, True)
+    assert not first.exists() and store.latest() == second  # a commit replaces the previous state
+    assert store.load("torch.float32").best["w"].tolist() == list(range(6))
+    (second / "model.safetensors").write_bytes((second / "model.safetensors").read_bytes()[:-8])
+    assert store.latest() is None
+    third = store.commit({"global_step": 3, "dtype": "torch.float32"}, weights, ({}, {}), None, False)
+    assert store.latest() == third
+    with pytest.raises(ValueError, match="run_key"):
+        ResumeStore(tmp_path, "other key").load("torch.float32")

@@ -3,8 +3,8 @@ workers (`TorchTrainer`), with DeepSpeed ZeRO when `use_deepspeed`.
 
 Workers request GPUs from the configuration (`use_gpu`), by default when the cluster declares at least one GPU
 per worker (`ray.cluster_resources()`), never from the driver's CUDA: under `ray job submit` the driver often
-sits on a head without GPUs. A worker given a GPU that CUDA cannot use trains on CPU and logs that it did; the
-process group then runs over gloo (`cpu:gloo,cuda:nccl`). Resume state, the final metrics and the checkpoint are
+sits on a head without GPUs. NCCL is used when a task holding a GPU finds CUDA and NCCL there; otherwise the
+process group runs over gloo and each worker, given a GPU that CUDA cannot use, trains on CPU and logs it. Resume state, the final metrics and the checkpoint are
 written by the workers; the driver never loads the model. A killed worker is restarted by Ray Train
 (`max_failures`) and continues from the newest committed resume state.
 
@@ -68,6 +68,20 @@ def cluster_gpus() -> float:
     return float(ray.cluster_resources().get("GPU", 0.0))
 
 
+def gpu_workers_have_nccl() -> bool:
+    """Whether a process holding one of the cluster's GPUs can use it through CUDA and NCCL: asked of a task
+    on a GPU node, never of the driver. False where GPUs are only declared (`ray start --num-gpus` on a CPU box)."""
+    import ray
+
+    def probe() -> bool:
+        import torch
+        import torch.distributed as dist
+
+        return torch.cuda.is_available() and dist.is_nccl_available()
+
+    return bool(ray.get(ray.remote(num_gpus=1, num_cpus=0)(probe).remote()))
+
+
 class RaySFTRunner:
     """`llm_i2i.llm.sft.SFTRunner` on a Ray cluster (the running one, RAY_ADDRESS, or a local one)."""
 
@@ -104,11 +118,14 @@ class RaySFTRunner:
         log.info(f"Ray SFT: {cfg.num_workers} workers, {'1 GPU' if use_gpu else 'no GPU'} + {cfg.cpus_per_worker} CPU "
                  f"each (cluster GPUs: {gpus:g})")
         job = dataclasses.replace(job, use_gpu=use_gpu)
+        nccl = use_gpu and gpu_workers_have_nccl()
+        if use_gpu and not nccl:
+            log.warning("the cluster's GPU workers cannot use CUDA/NCCL: the process group runs over gloo and each "
+                        "worker falls back to CPU")
         trainer = TorchTrainer(
             train_loop_per_worker,
             train_loop_config={"job": dataclasses.asdict(job)},
-            # gloo carries CPU tensors, so a worker whose GPU turns out unusable still joins the group
-            torch_config=TorchConfig(backend="cpu:gloo,cuda:nccl" if use_gpu else "gloo"),
+            torch_config=TorchConfig(backend="nccl" if nccl else "gloo"),
             scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu,
                                          resources_per_worker={"CPU": cfg.cpus_per_worker}),
             run_config=RunConfig(name=f"sft_{job.run_key}_{time.time_ns()}",

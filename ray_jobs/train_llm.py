@@ -4,8 +4,8 @@ workers (`TorchTrainer`), with DeepSpeed ZeRO when `use_deepspeed`.
 Workers request GPUs from the configuration (`use_gpu`), by default when the cluster declares at least one GPU
 per worker (`ray.cluster_resources()`), never from the driver's CUDA: under `ray job submit` the driver often
 sits on a head without GPUs. NCCL is used when a task holding a GPU finds CUDA and NCCL there; otherwise the
-process group runs over gloo and each worker, given a GPU that CUDA cannot use, trains on CPU and logs it. Resume state, the final metrics and the checkpoint are
-written by the workers; the driver never loads the model. A killed worker is restarted by Ray Train
+process group runs over gloo and each worker, given a GPU that CUDA cannot use, trains on CPU and logs it.
+Resume state, the final metrics and the checkpoint are written by the workers; the driver never loads the model. A killed worker is restarted by Ray Train
 (`max_failures`) and continues from the newest committed resume state.
 
     python -m ray_jobs.train_llm --role generator --data DATASET_DIR --out CKPT_DIR --set num_workers=2

@@ -39,7 +39,7 @@ class SFTConfig:
     eval_users: int = 4000  # validation users for the per-epoch model selection (0: all)
     eval_batch_size: int = 512
     stop_after_steps: int | None = None  # stop this invocation after N steps, leaving the resume state
-    threads: int | None = None  # torch intra-op threads (None: torch default)
+    threads: int | None = None  # torch intra-op threads (None: every core when idle, fewer under load)
 
     def validate(self) -> None:
         if self.role not in ("generator", "discriminator"):

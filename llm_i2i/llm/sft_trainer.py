@@ -13,6 +13,7 @@ the driver never holds the model.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +69,18 @@ def usable_device(want_gpu: bool) -> torch.device:
         reason = str(e)
     log.warning(f"SFT was given a GPU but CUDA is not usable here ({reason}); training on CPU")
     return torch.device("cpu")
+
+
+def training_threads(requested: int | None) -> int:
+    """`requested`, or when None: every core of an idle machine, fewer when other work already loads it.
+
+    Torch's OpenMP threads meet at a barrier in every parallel op; with more runnable threads than cores one of
+    them is often descheduled and the others wait, so on a shared machine 2 threads ran a step several times
+    slower than 1 (benchmarks/results/sft_throughput.md)."""
+    if requested:
+        return requested
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cores, int(cores - os.getloadavg()[0] + 0.5)))
 
 
 def lr_at(cfg: SFTConfig, step: int, total: int) -> float:
@@ -195,8 +208,7 @@ def train_worker(job: SFTJob, rank: int = 0, world: int = 1,
     """Train (or resume) `job` as rank `rank` of `world`; True when the run finished and rank 0 wrote the
     checkpoint, False when `stop_after_steps` stopped it (its resume state committed)."""
     cfg = from_dict(SFTConfig, job.config)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    torch.set_num_threads(training_threads(cfg.threads))
     barrier, broadcast = _collective(world)
     device = usable_device(bool(job.use_gpu))
     prep = prepare_sft(cfg, job.dataset_dir, load_tokenizer(job.tokenizer_dir))

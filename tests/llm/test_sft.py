@@ -319,3 +319,13 @@ def test_resume_store_takes_the_newest_complete_state(tmp_path):
     assert store.latest() == third
     with pytest.raises(ValueError, match="run_key"):
         ResumeStore(tmp_path, "other key").load("torch.float32")
+
+
+@pytest.mark.parametrize("load, cores, want", [(0.1, 2, 2), (0.7, 2, 1), (30.0, 2, 1), (1.2, 8, 7), (0.0, 1, 1)])
+def test_training_threads_leave_loaded_cores_alone(monkeypatch, load, cores, want):
+    from llm_i2i.llm import sft_trainer
+
+    monkeypatch.setattr(sft_trainer.os, "getloadavg", lambda: (load, load, load))
+    monkeypatch.setattr(sft_trainer.os, "sched_getaffinity", lambda pid: set(range(cores)))
+    assert sft_trainer.training_threads(None) == want
+    assert sft_trainer.training_threads(3) == 3  # an explicit sft.threads always wins

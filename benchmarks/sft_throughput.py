@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmarks._common import provenance, run_locked, run_record, write_result
+from benchmarks._common import DEFAULT_LOCK, LOCK_ENV, provenance, run_locked, run_record, write_result
 from llm_i2i.data import long_tail_mask
 from llm_i2i.data.sequences import Sequences
 from llm_i2i.llm.losses import SFTObjective, generator_loss, position_weights
@@ -254,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         "speedup_after_vs_plain": results["plain"]["seconds_per_step"] / results[shipped]["seconds_per_step"],
         "loss_curves": curves, "loss_curve_max_rel_diff": curve_diff,
         "profiles": profiles, "load_average_during": list(os.getloadavg()),
+        "heavy_lock_file": os.environ.get(LOCK_ENV, DEFAULT_LOCK),
     })
     write_result(args.out, record, render(record))
     print(render(record))
@@ -272,7 +273,7 @@ def render(rec: dict[str, Any]) -> str:
         f"(best round), mean {np.mean([s['targets'] for s in rec['timed_batches']]):.0f} target positions and "
         f"{np.mean([s['tokens'] for s in rec['timed_batches']]):.0f} tokens per step. 1-min load average at "
         f"start {rec['load_average_at_start'][0]:.1f}, after timing {rec['load_average_during'][0]:.1f} "
-        "(2 cores, shared machine).", "",
+        f"(2 cores, shared machine); heavy-work lock file `{rec['heavy_lock_file']}`.", "",
         f"Floor: {f['item_head'] / 1e9:.1f} GFLOP item head + {f['layers'] / 1e9:.1f} GFLOP layers per step, at "
         f"sgemm {rec['sgemm_gflops']['item_head']:.1f} / {rec['sgemm_gflops']['layers']:.1f} GFLOP/s (best over "
         f"rounds and thread counts, measured on those shapes between the timed rounds) = "

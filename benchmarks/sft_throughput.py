@@ -198,13 +198,8 @@ def main(argv: list[str] | None = None) -> int:
             torch.set_num_threads(by_name[name].threads)
             curves[name].append(by_name[name].step(batches[s], s))
     curve_diff = float(np.max(np.abs(np.array(curves[shipped]) - curves[before]) / np.abs(curves[before])))
-    for v in variants:  # the others take the same first steps (untimed) so every model is at the same point
-        if v.name not in curves:
-            torch.set_num_threads(v.threads)
-            for s in range(args.curve_steps):
-                v.step(batches[s], s)
 
-    # 2. where the time goes (before and after), after the curve steps warmed everything up
+    # 2. where the time goes (before and after); these steps also warm up the variants the curves left out
     start = args.curve_steps
     profiles = {v.name: profile_step(v, batches, start, args.profile_steps) for v in variants if v.name != "plain"}
     torch.set_num_threads(main_threads)

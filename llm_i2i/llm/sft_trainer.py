@@ -72,7 +72,8 @@ def usable_device(want_gpu: bool) -> torch.device:
 
 
 def training_threads(requested: int | None) -> int:
-    """`requested`, or when None: every core of an idle machine, fewer when other work already loads it.
+    """`requested`, or when None: the threads this process was given (torch's default: every core; a Ray
+    worker: its share), fewer when other work already loads the machine.
 
     Torch's OpenMP threads meet at a barrier in every parallel op; with more runnable threads than cores one of
     them is often descheduled and the others wait, so on a shared machine 2 threads ran a step several times
@@ -80,7 +81,7 @@ def training_threads(requested: int | None) -> int:
     if requested:
         return requested
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(cores, int(cores - os.getloadavg()[0] + 0.5)))
+    return max(1, min(torch.get_num_threads(), cores, int(cores - os.getloadavg()[0] + 0.5)))
 
 
 def lr_at(cfg: SFTConfig, step: int, total: int) -> float:

@@ -321,11 +321,14 @@ def test_resume_store_takes_the_newest_complete_state(tmp_path):
         ResumeStore(tmp_path, "other key").load("torch.float32")
 
 
-@pytest.mark.parametrize("load, cores, want", [(0.1, 2, 2), (0.7, 2, 1), (30.0, 2, 1), (1.2, 8, 7), (0.0, 1, 1)])
-def test_training_threads_leave_loaded_cores_alone(monkeypatch, load, cores, want):
+@pytest.mark.parametrize("load, cores, given, want",
+                         [(0.1, 2, 2, 2), (0.7, 2, 2, 1), (30.0, 2, 2, 1), (1.2, 8, 8, 7), (0.0, 1, 1, 1), (0.2, 8, 4, 4)])
+def test_training_threads_leave_loaded_cores_alone(monkeypatch, load, cores, given, want):
+    """Unset sft.threads: no more than the process was given (a Ray worker's share), minus the cores others load."""
     from llm_i2i.llm import sft_trainer
 
     monkeypatch.setattr(sft_trainer.os, "getloadavg", lambda: (load, load, load))
     monkeypatch.setattr(sft_trainer.os, "sched_getaffinity", lambda pid: set(range(cores)))
+    monkeypatch.setattr(sft_trainer.torch, "get_num_threads", lambda: given)
     assert sft_trainer.training_threads(None) == want
     assert sft_trainer.training_threads(3) == 3  # an explicit sft.threads always wins

@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.serve_load import _cpu_model, recommend_requests  # noqa: E402
 from llm_i2i.data import load_dataset  # noqa: E402
-from llm_i2i.eval.merge import FanoutMerger  # noqa: E402
+from llm_i2i.kernels.merge import FanoutMerger  # noqa: E402
 from llm_i2i.i2i import make_backbone  # noqa: E402
 from llm_i2i.index.store import load_index, write_index  # noqa: E402
 from llm_i2i.io import write_json, write_text  # noqa: E402

@@ -9,7 +9,7 @@ import numpy as np
 from llm_i2i.config import to_dict
 from llm_i2i.data.longtail import long_tail_mask
 from llm_i2i.data.split import LeaveOneOut
-from llm_i2i.eval.merge import recommend_batch
+from llm_i2i.kernels.merge import recommend_batch
 from llm_i2i.eval.metrics import hit_ranks, rank_metrics
 from llm_i2i.eval.protocol import EvalConfig
 from llm_i2i.i2i.base import Neighbors

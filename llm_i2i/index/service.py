@@ -1,23 +1,25 @@
 """The I2I lookup service without Ray: input validation, `/similar`, `/recommend` (the M x K fan-out through
-`llm_i2i.eval.merge.FanoutMerger`, the same merge the offline evaluation uses), index hot swap, and the HTTP
-routing as a plain function. `serve_apps/i2i_app.py` only wires this into a Ray Serve deployment, so every
-behaviour here, hostile input included, is testable in-process.
+`llm_i2i.kernels.merge.FanoutMerger`, the same merge the offline evaluation uses), index hot swap confined to the
+allowed roots, the health probe, and the HTTP routing as a plain function. `serve_apps/i2i_app.py` only wires this
+into a Ray Serve deployment, so every behaviour here, hostile input included, is testable in-process.
 """
 
 from __future__ import annotations
 
 import hmac
 import json
+import os
 import re
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from pathlib import Path
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import orjson
 
-from llm_i2i.eval.merge import MERGE_MODES, FanoutMerger
-from llm_i2i.index.store import CorruptIndexError, ServingIndex, load_index
+from llm_i2i.kernels.merge import MERGE_MODES, FanoutMerger
+from llm_i2i.index.store import CorruptIndexError, ServingIndex, load_index, manifest_sha256
 from llm_i2i.progress import log
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -27,14 +29,29 @@ _INT_RE = re.compile(r"[+-]?[0-9]{1,20}")
 @dataclass
 class ServeConfig:
     index_dir: str = ""
+    # directories an index may be loaded from (symlinks resolved first); empty: the directory holding the index that
+    # the service started with, so sibling versions (artifacts/index_v1, artifacts/index_v2) can be swapped in
+    index_roots: list[str] = field(default_factory=list)
     max_recent: int = 100  # M: most recent items a /recommend request may send (all are used as triggers)
     default_k: int = 10
-    merge: str = "sum"  # sum | max | recency (see llm_i2i.eval.merge)
+    merge: str = "sum"  # sum | max | recency (see llm_i2i.kernels.merge)
     decay: float = 0.8
     unknown_items: str = "reject"  # reject: 404 naming them | skip: ignore, reported in the response
     max_body_bytes: int = 65536
-    admin_token: str = ""  # empty: POST /admin/swap disabled; set it (or LLM_I2I_ADMIN_TOKEN) to enable
+    # The admin token is read where the service runs (the replica), never shipped in the config, which Serve shows
+    # in `serve config` and the dashboard: from the file `admin_token_file` (a mounted secret) if set, else from the
+    # environment variable `admin_token_env`. Neither set: POST /admin/swap is disabled (403).
+    admin_token_env: str = "LLM_I2I_ADMIN_TOKEN"
+    admin_token_file: str = ""
     verify_on_load: bool = True
+    # Backpressure (docs/serving.md): each replica runs at most `max_ongoing_requests` at once and Serve queues at
+    # most `max_queued_requests` more per caller (then 503); a request is answered within `request_timeout_s`
+    # (proxy ingress, then 408/504), and a body not fully received within `body_timeout_s` gets 408.
+    max_ongoing_requests: int = 256
+    max_queued_requests: int = 512
+    request_timeout_s: float = 10.0
+    body_timeout_s: float = 2.0
+    swap_rollout_timeout_s: float = 60.0  # POST /admin/swap waits this long for every replica to reconfigure
     host: str = "127.0.0.1"
     port: int = 8000
     replicas: int = 1
@@ -61,6 +78,18 @@ class ServeConfig:
             raise ValueError("serve.replicas must be >= 1 and serve.replica_cpus > 0")
         if self.ingress not in ("proxy", "direct"):
             raise ValueError(f"serve.ingress must be 'proxy' or 'direct', got {self.ingress!r}")
+        if self.max_ongoing_requests < 1 or self.max_queued_requests < 1:
+            raise ValueError("serve.max_ongoing_requests and serve.max_queued_requests must be >= 1")
+        for name in ("request_timeout_s", "body_timeout_s", "swap_rollout_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"serve.{name} must be > 0, got {getattr(self, name)}")
+
+
+def read_admin_token(cfg: ServeConfig) -> str:
+    """The admin token as the serving process sees it (file first, then environment); empty: admin API disabled."""
+    if cfg.admin_token_file:
+        return Path(cfg.admin_token_file).read_text().strip()
+    return os.environ.get(cfg.admin_token_env, "") if cfg.admin_token_env else ""
 
 
 class RequestError(ValueError):
@@ -74,53 +103,115 @@ class RequestError(ValueError):
         return RequestError, (self.status, str(self))
 
 
+class SwapRefused(ValueError):
+    """An index swap that did not happen: the old index keeps serving. `status`: the HTTP code POST /admin/swap
+    answers (422: the index was refused; 503: it could not be rolled out to the deployment)."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+    def __reduce__(self):
+        return SwapRefused, (self.status, str(self))
+
+
 @dataclass(frozen=True)
 class _Loaded:
     """One index version and its merger; swapped as a whole so a request never sees a mix of two versions."""
 
     index: ServingIndex
     merger: FanoutMerger = field(compare=False)
+    probe_id: int | None = None  # an item with neighbours, looked up by the health probe
+
+
+# Publishes a verified index directory to every replica (Serve: the deployment's user_config) and says what it did;
+# raising means it was not published.
+Rollout = Callable[[str], dict[str, Any]]
 
 
 class IndexService:
-    def __init__(self, cfg: ServeConfig):
+    def __init__(self, cfg: ServeConfig, admin_token: str = "", rollout: Rollout | None = None):
+        """`admin_token`: enables POST /admin/swap (see `read_admin_token`). `rollout`: how a swap reaches the other
+        replicas; None: this service is the only one (the swap answers `applied_to: "this process"`)."""
         cfg.validate()
         self.cfg = cfg
+        self.admin_token = admin_token
+        self.rollout = rollout
         self._swap_lock = threading.Lock()
         self.swaps = 0
         self.last_swap_error: str | None = None
-        self._state = self._load(cfg.index_dir)
+        first = self._resolve(cfg.index_dir)
+        self.roots = [Path(r).resolve() for r in cfg.index_roots] or [first.parent]
+        self._state = self._load(first)
 
     # ---- index lifecycle -------------------------------------------------------------------------
-    def _load(self, index_dir: str) -> _Loaded:
-        if not index_dir:
-            raise CorruptIndexError("serve.index_dir is not set")
-        index = load_index(index_dir, verify=self.cfg.verify_on_load)
+    def _resolve(self, index_dir: Any) -> Path:
+        if not isinstance(index_dir, str) or not index_dir:
+            raise CorruptIndexError(f"index_dir must be a non-empty path, got {index_dir!r:.80}")
+        return Path(index_dir).resolve()  # symlinks resolved: the root check and the load see the same directory
+
+    def _confine(self, index_dir: Any) -> Path:
+        path = self._resolve(index_dir)
+        if not any(path.is_relative_to(root) for root in self.roots):
+            raise CorruptIndexError(f"{index_dir}: outside the allowed index roots {[str(r) for r in self.roots]} "
+                                    "(serve.index_roots)")
+        return path
+
+    def _load(self, path: Path) -> _Loaded:
+        index = load_index(path, verify=self.cfg.verify_on_load)
         merger = FanoutMerger(index.neighbors, how=self.cfg.merge, decay=self.cfg.decay, id_table=index.id_table)
         if index.n_items:  # compile/warm the kernel for this index's dtypes before taking traffic
             merger.recommend_ids(np.array(index.neighbors.item_ids[:1]), 1, 1, True)  # writable, like a request's ids
-        return _Loaded(index, merger)
+        rows = np.flatnonzero(np.diff(index.neighbors.indptr) > 0)
+        return _Loaded(index, merger, int(index.neighbors.item_ids[rows[0]]) if len(rows) else None)
 
     @property
     def index(self) -> ServingIndex:
         return self._state.index
 
-    def swap(self, index_dir: str) -> dict[str, Any]:
-        """Load + verify `index_dir`, then switch atomically. On any failure the old index keeps serving and
-        the error is raised (and remembered for /version)."""
+    def is_current(self, index_dir: Any) -> bool:
+        """`index_dir` is what this service serves now (same directory, same manifest bytes)."""
+        try:
+            path, current = self._resolve(index_dir), self._state.index
+            return path == current.path and manifest_sha256(path) == current.manifest_sha256
+        except (CorruptIndexError, OSError):
+            return False
+
+    def swap(self, index_dir: Any) -> dict[str, Any]:
+        """Load + verify `index_dir` (confined to the allowed roots), switch atomically, then publish it through
+        `rollout`. Any failure, whatever its kind, leaves the old index serving and raises `SwapRefused` (the error
+        is remembered for /version)."""
         with self._swap_lock:
-            old = self._state.index
+            old = self._state
             try:
-                new = self._load(index_dir)
-            except (CorruptIndexError, OSError, ValueError) as e:
-                self.last_swap_error = str(e)
-                log.error(f"index swap refused, still serving {old.version}: {e}")
-                raise CorruptIndexError(f"index swap refused, still serving {old.version}: {e}") from e
+                new = self._load(self._confine(index_dir))
+            except Exception as e:  # noqa: BLE001 - a swap must never take the serving index down
+                raise self._refused(422, old, e) from e
             self._state = new
+            try:
+                applied = self.rollout(str(new.index.path)) if self.rollout else {"applied_to": "this process"}
+            except Exception as e:  # noqa: BLE001
+                self._state = old  # not published: the replicas would disagree, so this one does not switch either
+                raise self._refused(503, old, e) from e
             self.swaps += 1
             self.last_swap_error = None
-            log.info(f"index swapped {old.version} -> {new.index.version} ({new.index.path})")
-            return {"previous": old.describe(), "current": new.index.describe()}
+            log.info(f"index swapped {old.index.version} -> {new.index.version} ({new.index.path}): {applied}")
+            return {"previous": old.index.describe(), "current": new.index.describe(), **applied}
+
+    def _refused(self, status: int, old: _Loaded, e: Exception) -> SwapRefused:
+        self.last_swap_error = f"{type(e).__name__}: {e}" if not isinstance(e, CorruptIndexError) else str(e)
+        log.error(f"index swap refused, still serving {old.index.version}: {self.last_swap_error}")
+        return SwapRefused(status, f"index swap refused, still serving {old.index.version}: {self.last_swap_error}")
+
+    def probe(self) -> None:
+        """A real lookup on the serving index (`/healthz`, Serve's `check_health`); raises if it cannot answer."""
+        state = self._state
+        if state.probe_id is None:
+            return  # an index without neighbour lists answers every query with an empty list
+        got = self._recommend([state.probe_id], 1, False)
+        row = self.similar(state.probe_id, 1)
+        if len(got["items"]) != 1 or len(row["items"]) != 1:
+            raise RuntimeError(f"health probe: item {state.probe_id} has neighbours but a lookup returned none")
 
     def version(self) -> dict[str, Any]:
         return {**self._state.index.describe(), "swaps": self.swaps, "last_swap_error": self.last_swap_error}
@@ -205,6 +296,10 @@ class IndexService:
                                    may_hold_bools=b"true" in body or b"false" in body)
         if path == "/healthz":
             _need(method, "GET")
+            try:
+                self.probe()
+            except Exception as e:  # noqa: BLE001 - reported as unhealthy, not as a crash
+                raise RequestError(503, f"unhealthy: {type(e).__name__}: {e}") from e
             return {"status": "ok", "index_version": self._state.index.version}
         if path == "/version":
             _need(method, "GET")
@@ -217,15 +312,16 @@ class IndexService:
                 raise RequestError(400, 'body must be {"index_dir": "<path>"}')
             try:
                 return self.swap(req["index_dir"])
-            except CorruptIndexError as e:
-                raise RequestError(422, str(e)) from e
+            except SwapRefused as e:
+                raise RequestError(e.status, str(e)) from e
         raise RequestError(404, f"no route {path!r}; try GET /similar/{{item_id}}?k=, POST /recommend, GET /healthz, GET /version")
 
     def _authorize(self, headers: Mapping[str, str]) -> None:
-        if not self.cfg.admin_token:
-            raise RequestError(403, "admin API disabled: no admin_token configured")
+        if not self.admin_token:
+            raise RequestError(403, f"admin API disabled: no admin token (set ${self.cfg.admin_token_env} or "
+                                    "serve.admin_token_file where the replicas run)")
         auth = headers.get("authorization", "")
-        if not hmac.compare_digest(auth.encode(), f"Bearer {self.cfg.admin_token}".encode()):
+        if not hmac.compare_digest(auth.encode(), f"Bearer {self.admin_token}".encode()):
             raise RequestError(401, "missing or wrong admin token (Authorization: Bearer <token>)")
 
 

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from llm_i2i.eval.merge import recommend_batch
-from llm_i2i.index.service import IndexService, RequestError, ServeConfig, _int64_ids
-from llm_i2i.index.store import CorruptIndexError, write_index
-from tests.index.fixtures import random_neighbors
+from llm_i2i.kernels.merge import recommend_batch
+from llm_i2i.index.service import IndexService, RequestError, ServeConfig, SwapRefused, _int64_ids, read_admin_token
+from llm_i2i.index.store import write_index
+from tests.index.fixtures import BROKEN_INDEXES, random_neighbors
 
 TOKEN = "s3cret"
 
@@ -26,7 +26,7 @@ def index_dirs(tmp_path_factory):
 
 @pytest.fixture
 def svc(index_dirs):
-    return IndexService(ServeConfig(index_dir=str(index_dirs[0]), max_recent=5, admin_token=TOKEN))
+    return IndexService(ServeConfig(index_dir=str(index_dirs[0]), max_recent=5), admin_token=TOKEN)
 
 
 def _oracle(nb, recent_dense, k, exclude, how="sum", decay=0.8):
@@ -128,7 +128,7 @@ def test_unknown_items_skip_mode_reports_them(index_dirs):
 def test_swap_and_refusal_keep_serving(svc, index_dirs):
     a, b, bad = index_dirs
     v_a = svc.version()["index_version"]
-    with pytest.raises(CorruptIndexError, match=r"scores\.npy.*sha256"):
+    with pytest.raises(SwapRefused, match=r"scores\.npy.*sha256"):
         svc.swap(str(bad))
     assert svc.version()["index_version"] == v_a and "scores.npy" in svc.version()["last_swap_error"]
     assert svc.similar(int(svc.index.neighbors.item_ids[0]), 1)["index_version"] == v_a
@@ -141,7 +141,7 @@ def test_admin_swap_needs_token(index_dirs):
     a, b, bad = index_dirs
     off = IndexService(ServeConfig(index_dir=str(a)))
     assert off.handle_http("POST", "/admin/swap", {}, {}, b"{}")[0] == 403
-    svc = IndexService(ServeConfig(index_dir=str(a), admin_token=TOKEN))
+    svc = IndexService(ServeConfig(index_dir=str(a)), admin_token=TOKEN)
     body = json.dumps({"index_dir": str(b)}).encode()
     assert svc.handle_http("POST", "/admin/swap", {}, {"authorization": "Bearer wrong"}, body)[0] == 401
     assert svc.handle_http("POST", "/admin/swap", {}, {}, body)[0] == 401
@@ -151,6 +151,99 @@ def test_admin_swap_needs_token(index_dirs):
     assert svc.handle_http("POST", "/admin/swap", {}, auth, b'{"index_dir": 3}')[0] == 400
     st_ok, p_ok = svc.handle_http("POST", "/admin/swap", {}, auth, body)
     assert st_ok == 200 and p_ok["current"]["backbone"] == "bm25" == svc.version()["backbone"]
+
+
+@pytest.fixture(scope="module")
+def broken_dirs(tmp_path_factory):
+    """One index per way of breaking it (tests.index.fixtures.BROKEN_INDEXES), beside a good one."""
+    root = tmp_path_factory.mktemp("broken")
+    good = write_index(random_neighbors(0, 60, 8), root / "good", {"backbone": "swing"})
+    out = {}
+    for kind, (breaker, _) in BROKEN_INDEXES.items():
+        breaker(write_index(random_neighbors(3, 60, 8), root / kind, {"backbone": "bpr"}))
+        out[kind] = root / kind
+    return good, out
+
+
+@pytest.mark.parametrize("kind", sorted(BROKEN_INDEXES))
+def test_swap_to_a_broken_index_keeps_serving_and_stays_healthy(broken_dirs, kind):
+    """Issue 18: on main "k": "eight" passed the swap (then every lookup raised while /healthz said ok), and "files"
+    as a list raised a TypeError that escaped swap."""
+    good, broken = broken_dirs
+    svc = IndexService(ServeConfig(index_dir=str(good)), admin_token=TOKEN)
+    before = svc.version()["index_version"]
+    status, payload = svc.handle_http("POST", "/admin/swap", {}, {"authorization": f"Bearer {TOKEN}"},
+                                      json.dumps({"index_dir": str(broken[kind])}).encode())
+    assert status == 422 and "still serving" in payload["error"], payload
+    assert svc.version()["index_version"] == before and svc.version()["last_swap_error"]
+    known = int(svc.index.neighbors.item_ids[0])
+    assert svc.handle_http("POST", "/recommend", {}, {}, json.dumps({"recent_items": [known]}).encode())[0] == 200
+    assert svc.handle_http("GET", "/healthz", {}, {}, None)[0] == 200
+
+
+def test_any_exception_while_loading_leaves_the_old_index(svc, index_dirs, monkeypatch):
+    """Not only the loader's own errors: anything raised during a swap (here a MemoryError) is a refusal."""
+    from llm_i2i.index import service
+
+    before = svc.version()["index_version"]
+    monkeypatch.setattr(service, "load_index", lambda *a, **k: (_ for _ in ()).throw(MemoryError("no room")))
+    with pytest.raises(SwapRefused, match="MemoryError: no room") as e:
+        svc.swap(str(index_dirs[1]))
+    assert e.value.status == 422 and svc.version()["index_version"] == before
+
+
+def test_failed_rollout_switches_nothing(index_dirs):
+    """A swap the deployment could not take (the controller refused it) is not applied to this replica either."""
+    def rollout(path):
+        raise RuntimeError("controller unreachable")
+
+    svc = IndexService(ServeConfig(index_dir=str(index_dirs[0])), rollout=rollout)
+    before = svc.version()["index_version"]
+    with pytest.raises(SwapRefused, match="controller unreachable") as e:
+        svc.swap(str(index_dirs[1]))
+    assert e.value.status == 503 and svc.version()["index_version"] == before
+    published = []
+    svc.rollout = lambda path: published.append(path) or {"applied_to": "deployment"}
+    out = svc.swap(str(index_dirs[1]))
+    assert out["applied_to"] == "deployment" and published == [str(index_dirs[1].resolve())]
+
+
+def test_index_dirs_are_confined_to_the_roots(index_dirs, tmp_path):
+    """Issue 18: on main any directory the replica could read was swappable."""
+    a, b, _ = index_dirs
+    outside = write_index(random_neighbors(4, 60, 8), tmp_path / "elsewhere", {})
+    svc = IndexService(ServeConfig(index_dir=str(a)))  # default root: the directory holding a
+    with pytest.raises(SwapRefused, match="outside the allowed index roots"):
+        svc.swap(str(outside))
+    (a.parent / "link_out").symlink_to(outside)  # a symlink inside the root pointing out of it
+    with pytest.raises(SwapRefused, match="outside the allowed index roots"):
+        svc.swap(str(a.parent / "link_out"))
+    with pytest.raises(SwapRefused, match="outside the allowed index roots"):
+        svc.swap(str(a.parent / ".." / tmp_path.name / "elsewhere"))
+    svc.swap(str(b))
+    wide = IndexService(ServeConfig(index_dir=str(a), index_roots=[str(a.parent), str(tmp_path)]))
+    assert wide.swap(str(outside))["current"]["path"] == str(outside.resolve())
+
+
+def test_health_probe_runs_a_real_lookup(svc, monkeypatch):
+    """Issue 18: /healthz answered ok without looking anything up, so an index every lookup failed on looked healthy."""
+    assert svc.handle_http("GET", "/healthz", {}, {}, None)[0] == 200
+    monkeypatch.setattr(svc._state.merger, "recommend_ids", lambda *a, **k: (_ for _ in ()).throw(TypeError("bad k")))
+    status, payload = svc.handle_http("GET", "/healthz", {}, {}, None)
+    assert status == 503 and "bad k" in payload["error"]
+    with pytest.raises(TypeError):
+        svc.probe()
+
+
+def test_admin_token_is_read_where_the_service_runs(tmp_path, monkeypatch):
+    """Issue 18: the token was a ServeConfig field, shipped in the Serve application args."""
+    assert "admin_token" not in ServeConfig.__dataclass_fields__
+    monkeypatch.setenv("MY_ADMIN", "from-env")
+    assert read_admin_token(ServeConfig(admin_token_env="MY_ADMIN")) == "from-env"
+    (tmp_path / "secret").write_text("from-file\n")
+    assert read_admin_token(ServeConfig(admin_token_env="MY_ADMIN", admin_token_file=str(tmp_path / "secret"))) == "from-file"
+    monkeypatch.delenv("MY_ADMIN")
+    assert read_admin_token(ServeConfig(admin_token_env="MY_ADMIN")) == ""
 
 
 def json_trees(scalars):

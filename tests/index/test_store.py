@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from llm_i2i.index.store import INDEX_FORMAT_VERSION, CorruptIndexError, load_index, read_neighbors, write_index
+from llm_i2i.index.store import INDEX_FORMAT_VERSION, CorruptIndexError, content_version, load_index, read_neighbors, write_index
 from llm_i2i.io import sha256_file
-from tests.index.fixtures import random_neighbors
+from tests.index.fixtures import BROKEN_INDEXES, edit_manifest as _edit_manifest, random_neighbors
 
 
 def _write(tmp_path, seed=0, **kw):
@@ -92,9 +92,7 @@ def test_bad_or_missing_manifest(tmp_path):
 
 def test_old_format_is_refused(tmp_path):
     _, d = _write(tmp_path)
-    m = json.loads((d / "manifest.json").read_text())
-    m["format_version"] = 1
-    (d / "manifest.json").write_text(json.dumps(m))
+    _edit_manifest(d, lambda m: m.__setitem__("format_version", 1))
     with pytest.raises(CorruptIndexError, match="format_version 1"):
         load_index(d)
 
@@ -102,9 +100,12 @@ def test_old_format_is_refused(tmp_path):
 def _rewrite_array(d, name, arr):
     """Replace an array AND fix up its checksum: only the invariant checks can catch it then."""
     np.save(d / name, arr, allow_pickle=False)
-    m = json.loads((d / "manifest.json").read_text())
-    m["files"][name] = {"sha256": sha256_file(d / name), "bytes": (d / name).stat().st_size}
-    (d / "manifest.json").write_text(json.dumps(m))
+
+    def refile(m):
+        m["files"][name] = {"sha256": sha256_file(d / name), "bytes": (d / name).stat().st_size}
+        m["index_version"] = content_version(m["files"])
+
+    _edit_manifest(d, refile)
 
 
 @pytest.mark.parametrize(
@@ -161,5 +162,72 @@ def _is_mapped(a: np.ndarray) -> bool:
     while a is not None:
         if isinstance(a, (np.memmap, mmap.mmap)):
             return True
-        a = getattr(a, "base", None)
+        a = a.obj if isinstance(a, memoryview) else getattr(a, "base", None)
     return False
+
+
+@pytest.mark.parametrize("kind", sorted(BROKEN_INDEXES))
+def test_broken_manifest_or_file_is_refused_naming_the_field(tmp_path, kind):
+    """Issue 18: "k": "eight", k = 2**40 and "files" as a list passed (or crashed) a verified load on main."""
+    _, d = _write(tmp_path)
+    breaker, msg = BROKEN_INDEXES[kind]
+    breaker(d)
+    with pytest.raises(CorruptIndexError, match=msg):
+        load_index(d)
+    if kind != "truncated_file":  # the manifest is validated whether or not the files are hashed
+        with pytest.raises(CorruptIndexError, match=msg):
+            load_index(d, verify=False)
+
+
+def test_manifest_field_types_are_checked(tmp_path):
+    for field, value, msg in [("items", 1.5, "'items'"), ("rows", True, "'rows'"), ("backbone", 3, "'backbone'"),
+                              ("index_version", "0" * 16, "content version"), ("files", {"x": 1}, "'files'"),
+                              ("neighbors_sha256", "0" * 64, "neighbors_sha256"), ("format_version", "3", "format_version")]:
+        _, d = _write(tmp_path / field)
+        _edit_manifest(d, lambda m: m.update({field: value}))
+        with pytest.raises(CorruptIndexError, match=msg):
+            load_index(d)
+    _, d = _write(tmp_path / "meta")
+    _edit_manifest(d, lambda m: m["files"]["scores.npy"].update(bytes="12"))
+    with pytest.raises(CorruptIndexError, match=r"files\['scores.npy'\]"):
+        load_index(d)
+
+
+def test_symlinked_file_is_refused(tmp_path):
+    """A file name cannot lead out of the index directory, not even through a symlink with the expected name."""
+    _, d = _write(tmp_path)
+    _, other = _write(tmp_path / "o", seed=1)
+    (d / "scores.npy").unlink()
+    (d / "scores.npy").symlink_to(other / "scores.npy")
+    with pytest.raises(CorruptIndexError, match=r"scores\.npy.*regular file"):
+        load_index(d)
+
+
+def test_served_bytes_are_the_verified_bytes(tmp_path, monkeypatch):
+    """neighbors.npy renamed over right after it was hashed is not what gets served: the loader hashes and serves one
+    mapping of one open file. On main the path was hashed, then opened again by np.load, which served the new file."""
+    import hashlib
+
+    nb, d = _write(tmp_path)
+    target = sha256_file(d / "neighbors.npy")
+    real_sha256, replaced = hashlib.sha256, []
+
+    class SwapAfterHashing:  # hashlib.sha256 that replaces the file the moment its digest has been computed
+        def __init__(self, data=b""):
+            self.h = real_sha256(data)
+
+        def update(self, data):
+            self.h.update(data)
+
+        def hexdigest(self):
+            digest = self.h.hexdigest()
+            if digest == target and not replaced:
+                np.save(d / "evil.npy", np.zeros_like(nb.neighbors), allow_pickle=False)
+                (d / "evil.npy").rename(d / "neighbors.npy")
+                replaced.append(True)
+            return digest
+
+    monkeypatch.setattr(hashlib, "sha256", SwapAfterHashing)
+    ix = load_index(d)
+    assert replaced  # the file was replaced during the load
+    np.testing.assert_array_equal(ix.neighbors.neighbors, nb.neighbors)

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llm_i2i.eval.merge import SELECT_BINS, FanoutMerger, _top_k, recommend_batch
+from llm_i2i.kernels.merge import SELECT_BINS, FanoutMerger, _top_k, recommend_batch
 from llm_i2i.i2i.base import Neighbors
 
 

@@ -27,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -62,13 +62,14 @@ async def _closed_loop(spec: dict[str, Any]) -> dict[str, Any]:
     sent = 0
     track_versions = spec.get("track_versions", False)
     deadline = time.perf_counter() + spec["seconds"]
+    stop_file = spec["stop_file"]  # LoadRun.stop() creates it: the run ends early, with its counts kept
     timeout = aiohttp.ClientTimeout(total=30)
 
     async def worker(session: aiohttp.ClientSession, wid: int) -> None:
         nonlocal sent
         i = wid
         base = urls[wid % len(urls)]  # direct ingress with several replicas: connections spread over them
-        while time.perf_counter() < deadline and sent < spec["max_requests"]:
+        while time.perf_counter() < deadline and sent < spec["max_requests"] and not os.path.exists(stop_file):
             sent += 1
             r = reqs[i % len(reqs)]
             i += spec["concurrency"]
@@ -128,10 +129,16 @@ class LoadRun:
 
     def __init__(self, tmp: Path, name: str, urls: list[str], requests: list[dict], seconds: float, concurrency: int,
                  max_requests: int, track_versions: bool = False):
-        self.spec, self.out = tmp / f"{name}.spec.json", tmp / f"{name}.out.json"
+        self.spec, self.out, self.stop_file = tmp / f"{name}.spec.json", tmp / f"{name}.out.json", tmp / f"{name}.stop"
         self.spec.write_text(json.dumps({"urls": urls, "requests": requests, "seconds": seconds, "concurrency": concurrency,
-                                         "max_requests": max_requests, "track_versions": track_versions}))
+                                         "max_requests": max_requests, "track_versions": track_versions,
+                                         "stop_file": str(self.stop_file)}))
         self.proc = subprocess.Popen([sys.executable, __file__, "--client", str(self.spec), str(self.out)])
+
+    def stop(self) -> dict[str, Any]:
+        """End the run now (each connection finishes its request in flight) and return its result."""
+        self.stop_file.touch()
+        return self.result()
 
     def result(self) -> dict[str, Any]:
         if self.proc.wait() != 0:
@@ -294,7 +301,7 @@ def in_process_merge_us(index_dir: Path, reqs: list[dict], max_recent: int) -> d
     return {"p50_us": float(np.percentile(a, 50)), "p99_us": float(np.percentile(a, 99))}
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "Beauty"),
                     help="dataset for the Swing index ('default' = embedded synthetic)")
@@ -313,141 +320,194 @@ def main(argv: list[str] | None = None) -> int:
                          "ingress, RAY_SERVE_THROUGHPUT_OPTIMIZED=1), for the no-op floor and the index app alike")
     ap.add_argument("--out", default=str(RESULTS / "serve_load"), help="results path without extension")
     ap.add_argument("--client", nargs=2, metavar=("SPEC", "OUT"), help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
-    if args.client:
-        client_main(*args.client)
-        return 0
+    return ap.parse_args(argv)
 
-    import ray
-    from ray import serve
 
-    from llm_i2i.index.service import ServeConfig
-    from llm_i2i.progress import log, setup_logging
-    from serve_apps.i2i_app import APP_NAME, deploy, ray_env, wait_replica_urls
+@dataclass
+class Workload:
+    """The indexes and the request sets every phase draws from."""
 
-    setup_logging()
-    t_start = time.time()
-    loadavg_start = os.getloadavg()
+    tmp: Path
+    a: Path  # index A (served first)
+    b: Path  # index B (same items, another Swing alpha1)
+    bad: Path  # a corrupt copy of B
+    info: dict[str, Any]
+    ix_a: Any  # ServingIndex of A
+    ix_b: Any
+    recommend: list[dict]
+    similar: list[dict]
+
+
+def prepare_workload(args: argparse.Namespace) -> Workload:
+    from llm_i2i.index.store import load_index
+    from llm_i2i.progress import log
+
     tmp = Path(tempfile.mkdtemp(prefix="serve_load_"))
     a, b, bad, info = build_indexes(args.data, args.k_index, tmp)
     counts = info.pop("item_counts")
     log.info(f"indexes built in {tmp}: {info}")
-    from llm_i2i.index.store import load_index
-
     ix_a, ix_b = load_index(a), load_index(b)
     item_ids = ix_a.neighbors.item_ids
     rng = np.random.default_rng(0)
     rec = recommend_requests(rng, np.asarray(item_ids), np.asarray(counts, np.float64), args.m, min(args.k_request, ix_a.k), 200)
     has_nb = np.flatnonzero(np.diff(ix_a.neighbors.indptr) > 0)
     sim = [{"method": "GET", "path": f"/similar/{item_ids[i]}?k={ix_a.k}"} for i in rng.choice(has_nb, 500)]
-    merge_cost = in_process_merge_us(a, rec, args.m)
-    log.info(f"in-process /recommend merge: {merge_cost}")
+    return Workload(tmp, a, b, bad, info, ix_a, ix_b, rec, sim)
 
-    cfg = ServeConfig(index_dir=str(a), port=args.port, replicas=args.replicas, admin_token=TOKEN, max_recent=args.m,
-                      ingress=args.ingress)
-    # The floor: phase -> (no-op app, replicas). With several replicas it is also measured with ONE no-op replica: on a
-    # small machine one replica can sustain more than several that share its cores; the target takes the higher floor.
-    floor_apps = {"noop": ("noop", args.replicas), **({"noop_1replica": ("noop1", 1)} if args.replicas > 1 else {})}
-    phase_apps = {**{name: app for name, (app, _) in floor_apps.items()}, "similar": APP_NAME, "recommend": APP_NAME}
-    os.environ.update(ray_env(cfg))
-    # Logical CPUs are scheduling tokens (Ray pins nothing): enough for every replica's share on a 2-core machine, or
-    # the last app never gets scheduled.
-    replicas_total = args.replicas + sum(n for _, n in floor_apps.values())
+
+def start_ray(cfg: Any, extra_replicas: int = 0) -> None:
+    """A local Ray cluster for `cfg` (its ingress environment and admin token variable set before it starts). Logical
+    CPUs are scheduling tokens (Ray pins nothing): enough for every replica's share on a 2-core machine, or the last
+    app never gets scheduled."""
+    import ray
+
+    from serve_apps.i2i_app import ray_env
+
+    os.environ.update({**ray_env(cfg), cfg.admin_token_env: TOKEN})
+    replicas_total = cfg.replicas + extra_replicas
     ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(cfg.replica_cpus * replicas_total)), include_dashboard=False,
              address="local", log_to_driver=False)
-    actor_call = ray_actor_call_ms()
-    log.info(f"serial Ray actor call: {actor_call}")
-    deploy(cfg)
-    for app, n in floor_apps.values():
-        serve.run(_noop_deployment().options(num_replicas=n).bind(), name=app, route_prefix=f"/{app}")
-    if args.ingress == "direct":  # the client talks to the replicas themselves, no proxy in between
-        urls = {app: wait_replica_urls(cfg.host, app, n, 60) for app, n in [(APP_NAME, args.replicas), *floor_apps.values()]}
-    else:
-        urls = {app: [f"http://127.0.0.1:{args.port}"] for app in set(phase_apps.values())}
-    url = urls[APP_NAME]
-    one = url[0]  # control calls (version, admin) go to one replica
-    log.info(f"ingress {args.ingress}: {urls}")
-    v0 = _get(one + "/version")
+
+
+def app_urls(cfg: Any, apps: dict[str, int]) -> dict[str, list[str]]:
+    """app -> the base URLs load goes to: each replica's own port under direct ingress, else the proxy."""
+    from serve_apps.i2i_app import wait_replica_urls
+
+    if cfg.ingress == "direct":  # the client talks to the replicas themselves, no proxy in between
+        return {app: wait_replica_urls(cfg.host, app, n, 60) for app, n in apps.items()}
+    return {app: [f"http://127.0.0.1:{cfg.port}"] for app in apps}
+
+
+def run_throughput(args: argparse.Namespace, w: Workload, urls: dict[str, list[str]],
+                   floor_apps: dict[str, tuple[str, int]]) -> dict[str, Any]:
+    """No-op floor(s), /similar and /recommend in interleaved slices. The machine's speed drifts (a shared VM: the same
+    phase varied up to 2x between runs), so each phase pools its slices: drift hits the floor and the index app alike."""
+    from llm_i2i.progress import log
+    from serve_apps.i2i_app import APP_NAME
+
+    phase_apps = {**{name: app for name, (app, _) in floor_apps.items()}, "similar": APP_NAME, "recommend": APP_NAME}
     common = {"concurrency": args.concurrency, "max_requests": args.max_requests}
     # no-op requests: the /recommend bodies, sent to the no-op app's route
-    phases = {**{name: [{**r, "path": f"/{app}"} for r in rec] for name, (app, _) in floor_apps.items()},
-              "similar": sim, "recommend": rec}
+    phases = {**{name: [{**r, "path": f"/{app}"} for r in w.recommend] for name, (app, _) in floor_apps.items()},
+              "similar": w.similar, "recommend": w.recommend}
     for name in floor_apps:
-        LoadRun(tmp, f"warmup_{name}", urls[phase_apps[name]], phases[name][:50], 2.0, **common).result()
-    LoadRun(tmp, "warmup", url, sim[:50] + rec[:50], 2.0, **common).result()
-    # The machine's speed drifts (a shared VM: the same phase varied up to 2x between runs), so the phases run in
-    # interleaved slices and each phase pools its slices: drift hits the floor and the index app alike.
+        LoadRun(w.tmp, f"warmup_{name}", urls[phase_apps[name]], phases[name][:50], 2.0, **common).result()
+    LoadRun(w.tmp, "warmup", urls[APP_NAME], w.similar[:50] + w.recommend[:50], 2.0, **common).result()
     slices: dict[str, list[dict[str, Any]]] = {name: [] for name in phases}
     for r in range(args.rounds):
         for name, reqs in phases.items():
             app = phase_apps[name]
             cpu0 = _replica_cpu_s(app)
-            x = LoadRun(tmp, f"{name}{r}", urls[app], reqs, args.seconds / args.rounds, **common).result()
+            x = LoadRun(w.tmp, f"{name}{r}", urls[app], reqs, args.seconds / args.rounds, **common).result()
             x["replica_cpu_s"] = _replica_cpu_s(app) - cpu0
             slices[name].append(x)
             log.info(f"round {r + 1}/{args.rounds} {name}: {x['qps']:.0f} QPS p50 {x['p50_ms']:.2f} ms p99 {x['p99_ms']:.2f} ms "
                      f"statuses {x['statuses']} errors {x['errors']}")
     results: dict[str, Any] = {name: _pool(xs) for name, xs in slices.items()}
     results["rounds_recommend_over_noop"] = [r["qps"] / n["qps"] for r, n in zip(slices["recommend"], slices["noop"])]
-    floor = max(floor_apps, key=lambda name: results[name]["qps"])  # what the no-op sustains: its better configuration
+    return results
 
-    # hot swap under load: A -> B (user_config) -> corrupt (refused) -> A (admin API), all while /recommend runs
-    swap_run = LoadRun(tmp, "swap", url, rec, 2 * args.seconds, track_versions=True, **common)
+
+def failed_requests(run: dict[str, Any]) -> int:
+    """Non-200 responses plus transport errors of one load run."""
+    return sum(n for s, n in run["statuses"].items() if s != "200") + sum(run["errors"].values())
+
+
+def run_swap(args: argparse.Namespace, w: Workload, cfg: Any, url: list[str], out: Path) -> dict[str, Any]:
+    """Hot swap under /recommend load: A -> B (user_config) -> corrupt (refused twice: user_config, admin) -> A (admin
+    API), counting every failed request."""
+    from llm_i2i.progress import log
+    from serve_apps.i2i_app import deploy
+
+    one = url[0]  # control calls (version, admin) go to one replica
+    swap_run = LoadRun(w.tmp, "swap", url, w.recommend, 2 * args.seconds, track_versions=True,
+                       concurrency=args.concurrency, max_requests=args.max_requests)
     time.sleep(args.seconds * 0.2)
     events = []
     t0 = time.perf_counter()
     events_unix = [("user_config -> B", time.time())]
-    deploy(replace(cfg, index_dir=str(b)))
-    v = _wait_version(one, lambda v: v["index_version"] == ix_b.version)
+    deploy(replace(cfg, index_dir=str(w.b)))
+    v = _wait_version(one, lambda v: v["index_version"] == w.ix_b.version)
     events.append({"event": "user_config -> index B", "seconds": time.perf_counter() - t0, "serving": v["index_version"]})
     t0 = time.perf_counter()
     events_unix.append(("user_config -> corrupt", time.time()))
-    deploy(replace(cfg, index_dir=str(bad)))
+    deploy(replace(cfg, index_dir=str(w.bad)))
     v = _wait_version(one, lambda v: bool(v["last_swap_error"]))
     events.append({"event": "user_config -> corrupt index (refused)", "seconds": time.perf_counter() - t0,
                    "serving": v["index_version"], "error": v["last_swap_error"]})
-    corrupt_refused_old_serving = v["index_version"] == ix_b.version
+    corrupt_refused_old_serving = v["index_version"] == w.ix_b.version
     events_unix.append(("admin -> corrupt", time.time()))
-    status, payload = _post(one + "/admin/swap", {"index_dir": str(bad)}, {"authorization": f"Bearer {TOKEN}"})
+    status, payload = _post(one + "/admin/swap", {"index_dir": str(w.bad)}, {"authorization": f"Bearer {TOKEN}"})
     events.append({"event": "admin -> corrupt index (refused)", "status": status, "error": payload.get("error")})
     t0 = time.perf_counter()
     events_unix.append(("admin -> A", time.time()))
-    status, payload = _post(one + "/admin/swap", {"index_dir": str(a)}, {"authorization": f"Bearer {TOKEN}"})
+    status, payload = _post(one + "/admin/swap", {"index_dir": str(w.a)}, {"authorization": f"Bearer {TOKEN}"})
     events.append({"event": "admin -> index A", "status": status, "seconds": time.perf_counter() - t0,
                    "serving": payload.get("current", {}).get("index_version")})
-    results["swap"] = swap_run.result()
-    results["swap"].pop("latencies_s")
-    results["swap"]["events"] = events
-    _plot_swap(results["swap"].pop("timeline"), events_unix, {ix_a.version: "A", ix_b.version: "B"},
-               Path(args.out).with_name(Path(args.out).name + "_swap.png"))
-    results["swap"]["failed_requests"] = sum(n for s, n in results["swap"]["statuses"].items() if s != "200") + sum(
-        results["swap"]["errors"].values())
-    results["swap"]["corrupt_refused_old_serving"] = corrupt_refused_old_serving
-    log.info(f"swap: {results['swap']['failed_requests']} failed of {results['swap']['requests']}; versions {results['swap']['versions']}")
+    swap = swap_run.result()
+    swap.pop("latencies_s")
+    swap["events"] = events
+    _plot_swap(swap.pop("timeline"), events_unix, {w.ix_a.version: "A", w.ix_b.version: "B"},
+               out.with_name(out.name + "_swap.png"))
+    swap["failed_requests"] = failed_requests(swap)
+    swap["corrupt_refused_old_serving"] = corrupt_refused_old_serving
+    log.info(f"swap: {swap['failed_requests']} failed of {swap['requests']}; versions {swap['versions']}")
+    return swap
 
-    hostile = hostile_requests(random.Random(0), np.asarray(item_ids), ix_a.k, args.m, cfg.max_body_bytes, args.hostile)
-    results["hostile"] = LoadRun(tmp, "hostile", url, hostile, 600.0, args.concurrency, len(hostile)).result()
-    results["hostile"].pop("timeline")
-    results["hostile"].pop("latencies_s")
-    results["hostile"]["responses_ge_500"] = sum(n for s, n in results["hostile"]["statuses"].items() if int(s) >= 500)
-    v_end = _get(one + "/version")
+
+def run_hostile(args: argparse.Namespace, w: Workload, cfg: Any, url: list[str]) -> dict[str, Any]:
+    """>= 10,000 generated hostile requests: responses >= 500, transport errors and replica restarts counted."""
+    from ray import serve
+
+    from llm_i2i.progress import log
+    from serve_apps.i2i_app import APP_NAME
+
+    v0 = _get(url[0] + "/version")
+    hostile = hostile_requests(random.Random(0), np.asarray(w.ix_a.neighbors.item_ids), w.ix_a.k, args.m,
+                               cfg.max_body_bytes, args.hostile)
+    h = LoadRun(w.tmp, "hostile", url, hostile, 600.0, args.concurrency, len(hostile)).result()
+    h.pop("timeline")
+    h.pop("latencies_s")
+    h["responses_ge_500"] = sum(n for s, n in h["statuses"].items() if int(s) >= 500)
+    v_end = _get(url[0] + "/version")
     app = serve.status().applications[APP_NAME].deployments["I2IIndex"]
-    results["hostile"]["replica_restarts"] = int(v_end["replica_id"] != v0["replica_id"] or v_end["replica_started_unix"] != v0["replica_started_unix"])
-    results["hostile"]["replica_states_after"] = {str(k): v for k, v in app.replica_states.items()}
-    log.info(f"hostile: {results['hostile']['requests']} requests, statuses {results['hostile']['statuses']}, "
-             f">=500: {results['hostile']['responses_ge_500']}, restarts {results['hostile']['replica_restarts']}")
-    serve.shutdown()
-    ray.shutdown()
+    h["replica_restarts"] = int(v_end["replica_id"] != v0["replica_id"] or v_end["replica_started_unix"] != v0["replica_started_unix"])
+    h["replica_states_after"] = {str(k): v for k, v in app.replica_states.items()}
+    log.info(f"hostile: {h['requests']} requests, statuses {h['statuses']}, >=500: {h['responses_ge_500']}, "
+             f"restarts {h['replica_restarts']}")
+    return h
 
-    report = {
-        "command": " ".join([Path(sys.executable).name, "benchmarks/serve_load.py", *(argv if argv is not None else sys.argv[1:])]),
+
+def machine_info() -> dict[str, Any]:
+    import ray
+
+    return {"platform": platform.platform(), "cpu": _cpu_model(), "cores": os.cpu_count(),
+            "mem_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+            "python": platform.python_version(), "ray": ray.__version__}
+
+
+def command_line(script: str, argv: list[str] | None) -> str:
+    return " ".join([Path(sys.executable).name, script, *(argv if argv is not None else sys.argv[1:])])
+
+
+def write_report(report: dict[str, Any], out: Path, markdown: str) -> None:
+    from llm_i2i.io import write_json, write_text
+
+    write_json(report, out.with_suffix(".json"))
+    write_text(markdown, out.with_suffix(".md"))
+
+
+def load_report(args: argparse.Namespace, argv: list[str] | None, w: Workload, results: dict[str, Any], floor: str,
+                merge_cost: dict[str, float], actor_call: dict[str, float], t_start: float,
+                loadavg_start: tuple[float, ...]) -> dict[str, Any]:
+    """The serve_load result document: machine, parameters, phases, ratios and pass/fail targets."""
+    return {
+        "command": command_line("benchmarks/serve_load.py", argv),
         "loadavg_1_5_15_at_start": loadavg_start,
-        "machine": {"platform": platform.platform(), "cpu": _cpu_model(), "cores": os.cpu_count(),
-                    "mem_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-                    "python": platform.python_version(), "ray": ray.__version__},
+        "machine": machine_info(),
         "params": {k: v for k, v in vars(args).items() if k not in ("client", "out")},
         "out": str(args.out),
-        "index": {**info, "k": ix_a.k, "version_a": ix_a.version, "version_b": ix_b.version},
+        "index": {**w.info, "k": w.ix_a.k, "version_a": w.ix_a.version, "version_b": w.ix_b.version},
         "in_process_merge": merge_cost,
         "ray_actor_call": actor_call,
         "results": results,
@@ -459,7 +519,7 @@ def main(argv: list[str] | None = None) -> int:
             "recommend_p99_le_20ms": results["recommend"]["p99_ms"] <= 20.0,
             "recommend_qps_ge_0.7x_noop": results["recommend"]["qps"] >= 0.7 * results[floor]["qps"],
             "swap_zero_failed": results["swap"]["failed_requests"] == 0,
-            "corrupt_refused_old_serving": corrupt_refused_old_serving,
+            "corrupt_refused_old_serving": results["swap"]["corrupt_refused_old_serving"],
             "hostile_ge_10000": results["hostile"]["requests"] >= 10_000,
             "hostile_zero_5xx": results["hostile"]["responses_ge_500"] == 0 and not results["hostile"]["errors"],
             "hostile_no_restarts": results["hostile"]["replica_restarts"] == 0,
@@ -468,11 +528,48 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg_1_5_15_at_end": os.getloadavg(),  # other jobs on the shared machine show up here
         "peak_rss_mib_orchestrator": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
-    out = Path(args.out)
-    from llm_i2i.io import write_json, write_text
 
-    write_json(report, out.with_suffix(".json"))
-    write_text(_markdown(report), out.with_suffix(".md"))
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.client:
+        client_main(*args.client)
+        return 0
+
+    import ray
+    from ray import serve
+
+    from llm_i2i.index.service import ServeConfig
+    from llm_i2i.progress import log, setup_logging
+    from serve_apps.i2i_app import APP_NAME, deploy
+
+    setup_logging()
+    t_start, loadavg_start = time.time(), os.getloadavg()
+    w = prepare_workload(args)
+    merge_cost = in_process_merge_us(w.a, w.recommend, args.m)
+    log.info(f"in-process /recommend merge: {merge_cost}")
+    cfg = ServeConfig(index_dir=str(w.a), port=args.port, replicas=args.replicas, max_recent=args.m, ingress=args.ingress)
+    # The floor: phase -> (no-op app, replicas). With several replicas it is also measured with ONE no-op replica: on a
+    # small machine one replica can sustain more than several that share its cores; the target takes the higher floor.
+    floor_apps = {"noop": ("noop", args.replicas), **({"noop_1replica": ("noop1", 1)} if args.replicas > 1 else {})}
+    start_ray(cfg, extra_replicas=sum(n for _, n in floor_apps.values()))
+    actor_call = ray_actor_call_ms()
+    log.info(f"serial Ray actor call: {actor_call}")
+    deploy(cfg)
+    for app, n in floor_apps.values():
+        serve.run(_noop_deployment().options(num_replicas=n).bind(), name=app, route_prefix=f"/{app}")
+    urls = app_urls(cfg, {APP_NAME: args.replicas, **dict(floor_apps.values())})
+    log.info(f"ingress {args.ingress}: {urls}")
+    out = Path(args.out)
+    results = run_throughput(args, w, urls, floor_apps)
+    floor = max(floor_apps, key=lambda name: results[name]["qps"])  # what the no-op sustains: its better configuration
+    results["swap"] = run_swap(args, w, cfg, urls[APP_NAME], out)
+    results["hostile"] = run_hostile(args, w, cfg, urls[APP_NAME])
+    serve.shutdown()
+    ray.shutdown()
+
+    report = load_report(args, argv, w, results, floor, merge_cost, actor_call, t_start, loadavg_start)
+    write_report(report, out, _markdown(report))
     log.info(f"wrote {out}.json / .md; targets {report['targets']}")
     return 0
 

@@ -3,8 +3,10 @@
   GET /similar/{item_id}?k=   POST /recommend {"recent_items": [...oldest first], "k": n, "exclude_seen": bool}
   GET /healthz   GET /version   POST /admin/swap {"index_dir": ...} (Authorization: Bearer $LLM_I2I_ADMIN_TOKEN)
 
-Hot swap on a running cluster: run this command again with the new --index, `--address auto --detach`; every
-replica loads and verifies the new index while the old one keeps serving (a corrupt one is refused here first).
+Hot swap on a running cluster: run this command again with the new --index, `--address auto --detach`, or POST
+/admin/swap; every replica loads and verifies the new index while the old one keeps serving (a corrupt one is refused
+here first), and a restarted replica starts on it. The replicas read the admin token from their own environment
+(a local cluster inherits this process's). docs/serving.md.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import os
 import time
 
 from llm_i2i.commands._common import load_command_config
-from llm_i2i.index.service import ServeConfig
+from llm_i2i.index.service import ServeConfig, read_admin_token
 from llm_i2i.index.store import load_index
 from llm_i2i.progress import log
 
@@ -31,8 +33,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="proxy (default): Serve's HTTP proxy on --port; direct: each replica serves HTTP on its own port")
     p.add_argument("--config", help="YAML with ServeConfig fields (top level or under 'serve')")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a ServeConfig field")
-    p.add_argument("--admin-token-env", default="LLM_I2I_ADMIN_TOKEN",
-                   help="environment variable holding the admin token (unset: POST /admin/swap disabled)")
+    p.add_argument("--admin-token-env",
+                   help="environment variable the replicas read the admin token from (default LLM_I2I_ADMIN_TOKEN; "
+                        "unset: POST /admin/swap disabled); the token itself never enters the Serve config")
     p.add_argument("--address", default="local", help="Ray cluster address ('local' starts one; 'auto' joins the running one)")
     p.add_argument("--detach", action="store_true", help="return after deploying instead of serving until Ctrl-C")
 
@@ -40,10 +43,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def resolve_config(args: argparse.Namespace) -> ServeConfig:
     cfg = load_command_config(ServeConfig, args, "serve")
     for field, value in (("index_dir", args.index), ("host", args.host), ("port", args.port), ("replicas", args.replicas),
-                         ("ingress", args.ingress)):
+                         ("ingress", args.ingress), ("admin_token_env", args.admin_token_env)):
         if value is not None:
             setattr(cfg, field, value)
-    cfg.admin_token = cfg.admin_token or os.environ.get(args.admin_token_env, "")
     cfg.validate()
     if not cfg.index_dir:
         raise ValueError("no index: pass --index DIR (or index_dir in --config)")
@@ -61,13 +63,13 @@ def run(args: argparse.Namespace) -> int:
     from serve_apps.i2i_app import deploy, ray_env, replica_urls
 
     if args.address == "local":
-        os.environ.update(ray_env(cfg))  # the local cluster's processes inherit it
+        os.environ.update(ray_env(cfg))  # the local cluster's processes inherit it (and the admin token variable)
         ray.init(address="local", include_dashboard=False)
     else:
         ray.init(address=args.address)
     deploy(cfg)
     log.info(f"serving on http://{cfg.host}:{cfg.port} ({cfg.replicas} replica(s)); "
-             f"admin swap {'enabled' if cfg.admin_token else 'disabled'}")
+             f"admin swap {'enabled' if read_admin_token(cfg) else 'disabled'} here (${cfg.admin_token_env})")
     if cfg.ingress == "direct":
         log.info(f"direct ingress, no proxy hop: replicas at {', '.join(replica_urls(cfg.host))} "
                  f"(the proxy on port {cfg.port} also answers)")

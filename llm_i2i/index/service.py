@@ -177,10 +177,10 @@ class IndexService:
         except (CorruptIndexError, OSError):
             return False
 
-    def swap(self, index_dir: Any) -> dict[str, Any]:
-        """Load + verify `index_dir` (confined to the allowed roots), switch atomically, then publish it through
-        `rollout`. Any failure, whatever its kind, leaves the old index serving and raises `SwapRefused` (the error
-        is remembered for /version)."""
+    def swap(self, index_dir: Any, publish: bool = True) -> dict[str, Any]:
+        """Load + verify `index_dir` (confined to the allowed roots), switch atomically, then (`publish`) hand it to
+        `rollout` for the other replicas; a swap that came from the rollout itself does not publish. Any failure,
+        whatever its kind, leaves the old index serving and raises `SwapRefused` (remembered for /version)."""
         with self._swap_lock:
             old = self._state
             try:
@@ -189,7 +189,12 @@ class IndexService:
                 raise self._refused(422, old, e) from e
             self._state = new
             try:
-                applied = self.rollout(str(new.index.path)) if self.rollout else {"applied_to": "this process"}
+                if not publish:
+                    applied = {"applied_to": "this replica (rollout of the deployment's index_dir)"}
+                elif self.rollout:
+                    applied = self.rollout(str(new.index.path))
+                else:
+                    applied = {"applied_to": "this process"}
             except Exception as e:  # noqa: BLE001
                 self._state = old  # not published: the replicas would disagree, so this one does not switch either
                 raise self._refused(503, old, e) from e

@@ -45,8 +45,8 @@ def app(request, tmp_path_factory, monkeypatch_module):
     bad = write_index(random_neighbors(12, 300, 20, id_seed=10), root / "bad", {"backbone": "bpr"})
     (bad / "neighbors.npy").write_bytes((bad / "neighbors.npy").read_bytes()[:-8])  # truncated copy
     port = _free_port()
-    cfg = ServeConfig(index_dir=str(a), admin_token=TOKEN, max_body_bytes=4096, port=port, ingress=request.param)
-    for key, value in ray_env(cfg).items():  # the cluster's processes inherit it
+    cfg = ServeConfig(index_dir=str(a), max_body_bytes=4096, port=port, ingress=request.param, body_timeout_s=0.5)
+    for key, value in {**ray_env(cfg), cfg.admin_token_env: TOKEN}.items():  # the cluster's processes inherit them
         monkeypatch_module.setenv(key, value)
     ray.init(num_cpus=2, include_dashboard=False, address="local", log_to_driver=False)
     handle = deploy(cfg)
@@ -100,6 +100,23 @@ def test_oversized_and_lying_bodies_get_413(app):
     with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])), timeout=5) as s:
         s.sendall(b"GET /sim\x00ilar HTTP/1.1\r\nHost: x\r\n\r\n")
         assert s.recv(64).split(b" ")[1].startswith(b"4")
+
+
+def test_slow_body_gets_408_and_frees_its_slot(app):
+    """Issue 18: on main a client that sent its body slowly held its request slot for as long as it liked."""
+    url = app["url"]
+    host, port = url.rsplit("/", 1)[1].split(":")
+    with socket.create_connection((host, int(port)), timeout=15) as s:
+        s.sendall(b"POST /recommend HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: 100\r\n\r\n{\"recent_items\": [")
+        t0 = time.monotonic()
+        try:
+            head = s.recv(64)
+        except socket.timeout:
+            head = b"(no answer in 15 s)"
+    assert head.split(b" ")[1:2] == [b"408"], head
+    assert time.monotonic() - t0 < 10
+    assert requests.get(f"{url}/healthz").status_code == 200
 
 
 json_values = st.recursive(

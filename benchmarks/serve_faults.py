@@ -28,7 +28,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from benchmarks.serve_load import (RESULTS, ROOT, TOKEN, LoadRun, Workload, _get, _post, _wait_version, app_urls,
+from benchmarks.serve_load import (RESULTS, ROOT, TOKEN, LoadRun, Workload, _post, add_workload_arguments, app_urls,
                                    command_line, failed_requests, machine_info, prepare_workload, start_ray,
                                    write_report)
 
@@ -37,14 +37,8 @@ ADMIN = {"authorization": f"Bearer {TOKEN}"}
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "Beauty"),
-                    help="dataset for the Swing index ('default' = embedded synthetic)")
-    ap.add_argument("--k-index", type=int, default=200, help="K of the index")
-    ap.add_argument("--m", type=int, default=100, help="recent items per /recommend request (M)")
-    ap.add_argument("--k-request", type=int, default=200, help="k asked for by /recommend")
+    add_workload_arguments(ap)
     ap.add_argument("--seconds", type=float, default=15.0, help="duration of the slow-body phase and its reference")
-    ap.add_argument("--concurrency", type=int, default=2, help="closed-loop client connections of the normal load")
-    ap.add_argument("--max-requests", type=int, default=100_000, help="cap per load phase")
     ap.add_argument("--slow", type=int, default=64, help="slow-body connections held open")
     ap.add_argument("--replicas", type=int, default=2)
     ap.add_argument("--port", type=int, default=8124)
@@ -101,8 +95,9 @@ async def _slow_bodies(spec: dict[str, Any]) -> dict[str, Any]:
             "max_held_s": max(held_s, default=0.0), "median_held_s": sorted(held_s)[len(held_s) // 2] if held_s else 0.0}
 
 
-def slow_client_main(spec_path: str, out_path: str) -> None:
+def slow_client_main(spec_path: str, out_path: str) -> int:
     Path(out_path).write_text(json.dumps(asyncio.run(_slow_bodies(json.loads(Path(spec_path).read_text())))))
+    return 0
 
 
 class SlowRun:
@@ -220,20 +215,14 @@ def replica_kill(args: argparse.Namespace, w: Workload, url: list[str], handle: 
             "load": load}
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.slow_client:
-        slow_client_main(*args.slow_client)
-        return 0
-
+def run_faults(args: argparse.Namespace, argv: list[str] | None) -> dict[str, Any]:
+    """The three fault phases against one Serve instance; returns the result document."""
     import ray
     from ray import serve
 
     from llm_i2i.index.service import ServeConfig
-    from llm_i2i.progress import log, setup_logging
     from serve_apps.i2i_app import APP_NAME, deploy
 
-    setup_logging()
     t_start, loadavg_start = time.time(), os.getloadavg()
     w = prepare_workload(args)
     cfg = ServeConfig(index_dir=str(w.a), port=args.port, replicas=args.replicas, max_recent=args.m,
@@ -248,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.shutdown()
     ray.shutdown()
     b, s, k = results["broken_swaps"], results["slow_bodies"], results["replica_kill"]
-    report = {
+    return {
         "command": command_line("-m benchmarks.serve_faults", argv),
         "machine": machine_info(),
         "loadavg_1_5_15_at_start": loadavg_start,
@@ -268,6 +257,16 @@ def main(argv: list[str] | None = None) -> int:
         "total_seconds": time.time() - t_start,
         "loadavg_1_5_15_at_end": os.getloadavg(),
     }
+
+
+def main(argv: list[str] | None = None) -> int:
+    from llm_i2i.progress import log, setup_logging
+
+    args = parse_args(argv)
+    if args.slow_client:  # the slow-body connections' own process
+        return slow_client_main(*args.slow_client)
+    setup_logging()
+    report = run_faults(args, argv)
     write_report(report, Path(args.out), _markdown(report))
     log.info(f"wrote {args.out}.json / .md; targets {report['targets']}")
     return 0

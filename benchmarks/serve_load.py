@@ -301,17 +301,22 @@ def in_process_merge_us(index_dir: Path, reqs: list[dict], max_recent: int) -> d
     return {"p50_us": float(np.percentile(a, 50)), "p99_us": float(np.percentile(a, 99))}
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_workload_arguments(ap: argparse.ArgumentParser) -> None:
+    """The options `prepare_workload` and the load runs read."""
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "Beauty"),
                     help="dataset for the Swing index ('default' = embedded synthetic)")
     ap.add_argument("--k-index", type=int, default=200, help="K of the index")
     ap.add_argument("--m", type=int, default=100, help="recent items per /recommend request (M)")
     ap.add_argument("--k-request", type=int, default=200, help="k asked for by /recommend")
-    ap.add_argument("--seconds", type=float, default=20.0, help="duration of each load phase")
-    ap.add_argument("--rounds", type=int, default=3, help="interleaved slices per phase (no-op, similar, recommend)")
     ap.add_argument("--concurrency", type=int, default=2, help="closed-loop client connections")
     ap.add_argument("--max-requests", type=int, default=200_000, help="cap per load phase")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_workload_arguments(ap)
+    ap.add_argument("--seconds", type=float, default=20.0, help="duration of each load phase")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved slices per phase (no-op, similar, recommend)")
     ap.add_argument("--hostile", type=int, default=12_000, help="number of hostile requests")
     ap.add_argument("--replicas", type=int, default=1, help="replicas of the index app and of the no-op floor")
     ap.add_argument("--port", type=int, default=8123)

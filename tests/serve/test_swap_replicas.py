@@ -97,7 +97,8 @@ def test_admin_swap_reaches_every_replica_and_survives_a_restart(two_replicas):
     assert back.status_code == 200 and back.json()["replicas"] == 2
 
 
-@pytest.mark.parametrize("kind", ["k_as_text", "files_as_list", "k_huge", "file_not_listed"])
+@pytest.mark.parametrize("kind", ["files_as_list", *[pytest.param(k, marks=pytest.mark.slow)
+                                                     for k in ("k_as_text", "k_huge", "truncated_file")]])
 def test_broken_swaps_leave_every_replica_serving(two_replicas, kind):
     """Issue 18: "files" as a list escaped reconfigure on main, and Serve stopped the replica."""
     from serve_apps.i2i_app import deploy

@@ -46,7 +46,7 @@ class ServeConfig:
     verify_on_load: bool = True
     # Backpressure (docs/serving.md): each replica runs at most `max_ongoing_requests` at once and Serve queues at
     # most `max_queued_requests` more per caller (then 503); a request is answered within `request_timeout_s`
-    # (proxy ingress, then 408/504), and a body not fully received within `body_timeout_s` gets 408.
+    # (proxy ingress, else 408), and a body not fully received within `body_timeout_s` gets 408.
     max_ongoing_requests: int = 256
     max_queued_requests: int = 512
     request_timeout_s: float = 10.0
@@ -142,7 +142,7 @@ class IndexService:
         self.last_swap_error: str | None = None
         first = self._resolve(cfg.index_dir)
         self.roots = [Path(r).resolve() for r in cfg.index_roots] or [first.parent]
-        self._state = self._load(first)
+        self._state = self._load(self._confine(cfg.index_dir))
 
     # ---- index lifecycle -------------------------------------------------------------------------
     def _resolve(self, index_dir: Any) -> Path:

@@ -6,7 +6,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from llm_i2i.kernels.merge import recommend_batch
 from llm_i2i.index.service import IndexService, RequestError, ServeConfig, SwapRefused, _int64_ids, read_admin_token
-from llm_i2i.index.store import write_index
+from llm_i2i.index.store import CorruptIndexError, write_index
 from tests.index.fixtures import BROKEN_INDEXES, random_neighbors
 
 TOKEN = "s3cret"
@@ -223,6 +223,8 @@ def test_index_dirs_are_confined_to_the_roots(index_dirs, tmp_path):
     svc.swap(str(b))
     wide = IndexService(ServeConfig(index_dir=str(a), index_roots=[str(a.parent), str(tmp_path)]))
     assert wide.swap(str(outside))["current"]["path"] == str(outside.resolve())
+    with pytest.raises(CorruptIndexError, match="outside the allowed index roots"):  # the first index too
+        IndexService(ServeConfig(index_dir=str(a), index_roots=[str(tmp_path)]))
 
 
 def test_health_probe_runs_a_real_lookup(svc, monkeypatch):

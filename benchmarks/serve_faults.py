@@ -10,7 +10,7 @@ on benchmarks/serve_load.py (indexes, load client process, cluster start, report
 3. replica kill: with 2 replicas, swap to index B (admin API), then kill one replica mid-load. Target: its replacement
    serves B, the current version (failed requests during the kill are counted and reported).
 
-  flock /tmp/llm_i2i_heavy.lock env PYTHONPATH=$PWD .venv/bin/python -m benchmarks.serve_faults --data default
+  python -m benchmarks.serve_faults --data default      # from the repository root; takes the heavy-work lock
 
 Writes benchmarks/results/serve_faults.{json,md}.
 """
@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import subprocess
 import sys
 import time
@@ -28,9 +27,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from benchmarks.serve_load import (RESULTS, ROOT, TOKEN, LoadRun, Workload, _post, add_workload_arguments, app_urls,
-                                   command_line, failed_requests, machine_info, prepare_workload, start_ray,
-                                   write_report)
+from benchmarks._common import RESULTS, REPO, provenance, run_locked, run_record, write_result
+from benchmarks.serve_load import (TOKEN, LoadRun, Workload, _post, add_workload_arguments, app_urls, failed_requests,
+                                   prepare_workload, start_ray)
 
 ADMIN = {"authorization": f"Bearer {TOKEN}"}
 
@@ -107,7 +106,7 @@ class SlowRun:
         self.spec, self.out = tmp / "slow.spec.json", tmp / "slow.out.json"
         self.spec.write_text(json.dumps(spec))
         self.proc = subprocess.Popen([sys.executable, "-m", "benchmarks.serve_faults", "--slow-client", str(self.spec),
-                                      str(self.out)], cwd=ROOT)
+                                      str(self.out)], cwd=REPO)
 
     def result(self) -> dict[str, Any]:
         if self.proc.wait() != 0:
@@ -223,7 +222,7 @@ def run_faults(args: argparse.Namespace, argv: list[str] | None) -> dict[str, An
     from llm_i2i.index.service import ServeConfig
     from serve_apps.i2i_app import APP_NAME, deploy
 
-    t_start, loadavg_start = time.time(), os.getloadavg()
+    record = run_record("serve_faults", argv)
     w = prepare_workload(args)
     cfg = ServeConfig(index_dir=str(w.a), port=args.port, replicas=args.replicas, max_recent=args.m,
                       ingress=args.ingress, replica_cpus=0.25)
@@ -238,9 +237,8 @@ def run_faults(args: argparse.Namespace, argv: list[str] | None) -> dict[str, An
     ray.shutdown()
     b, s, k = results["broken_swaps"], results["slow_bodies"], results["replica_kill"]
     return {
-        "command": command_line("-m benchmarks.serve_faults", argv),
-        "machine": machine_info(),
-        "loadavg_1_5_15_at_start": loadavg_start,
+        **record,
+        "ray": ray.__version__,
         "params": {k: v for k, v in vars(args).items() if k not in ("slow_client", "out")},
         "serve_config": {k: getattr(cfg, k) for k in ("max_ongoing_requests", "max_queued_requests", "request_timeout_s",
                                                        "body_timeout_s", "replicas", "ingress")},
@@ -254,8 +252,6 @@ def run_faults(args: argparse.Namespace, argv: list[str] | None) -> dict[str, An
             "slow_bodies_zero_failed": s["beside_slow"]["failed_requests"] == 0,
             "killed_replica_back_on_current_version": k["replacement_on_current"],
         },
-        "total_seconds": time.time() - t_start,
-        "loadavg_1_5_15_at_end": os.getloadavg(),
     }
 
 
@@ -267,21 +263,18 @@ def main(argv: list[str] | None = None) -> int:
         return slow_client_main(*args.slow_client)
     setup_logging()
     report = run_faults(args, argv)
-    write_report(report, Path(args.out), _markdown(report))
+    write_result(Path(args.out), report, _markdown(report))
     log.info(f"wrote {args.out}.json / .md; targets {report['targets']}")
     return 0
 
 
 def _markdown(r: dict[str, Any]) -> str:
-    res, m, c = r["results"], r["machine"], r["serve_config"]
+    res, c = r["results"], r["serve_config"]
     b, s, k = res["broken_swaps"], res["slow_bodies"], res["replica_kill"]
     lines = [
         "# Serve fault runs: broken swaps, slow bodies, a killed replica, under /recommend load",
         "",
-        f"Command: `{r['command']}` (run under `flock /tmp/llm_i2i_heavy.lock`); {time.strftime('%Y-%m-%d', time.gmtime())}.",
-        f"Machine: {m['cpu']}, {m['cores']} cores, {m['mem_gib']} GiB, Python {m['python']}, Ray {m['ray']}; load average "
-        f"{tuple(round(x, 1) for x in r['loadavg_1_5_15_at_start'])} at start, "
-        f"{tuple(round(x, 1) for x in r['loadavg_1_5_15_at_end'])} at end (the machine is shared).",
+        provenance(r) + f" Ray {r['ray']}.",
         f"Index: Swing on {r['index']['dataset']} ({r['index']['items']:,} items, K={r['index']['k']}); {c['replicas']} "
         f"replicas, ingress {c['ingress']}; max_ongoing_requests {c['max_ongoing_requests']}, max_queued_requests "
         f"{c['max_queued_requests']}, request_timeout_s {c['request_timeout_s']}, body_timeout_s {c['body_timeout_s']}. "
@@ -326,4 +319,4 @@ def _markdown(r: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main() if "--slow-client" in sys.argv else run_locked(main))

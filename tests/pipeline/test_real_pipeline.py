@@ -19,7 +19,7 @@ import pytest
 
 from llm_i2i.config import from_dict
 from llm_i2i.data import leave_one_out, read_canonical
-from llm_i2i.eval.merge import recommend_batch
+from llm_i2i.kernels.merge import recommend_batch
 from llm_i2i.eval.protocol import EvalConfig
 from llm_i2i.index.service import IndexService, ServeConfig
 from llm_i2i.pipeline.artifacts import ArtifactStore

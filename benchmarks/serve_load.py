@@ -323,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from llm_i2i.index.service import ServeConfig
     from llm_i2i.progress import log, setup_logging
+    from llm_i2i.raycluster import init_ray
     from serve_apps.i2i_app import APP_NAME, deploy, ray_env, wait_replica_urls
 
     setup_logging()
@@ -353,8 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     # Logical CPUs are scheduling tokens (Ray pins nothing): enough for every replica's share on a 2-core machine, or
     # the last app never gets scheduled.
     replicas_total = args.replicas + sum(n for _, n in floor_apps.values())
-    ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(cfg.replica_cpus * replicas_total)), include_dashboard=False,
-             address="local", log_to_driver=False)
+    init_ray("local", num_cpus=max(os.cpu_count() or 1, math.ceil(cfg.replica_cpus * replicas_total)))
     actor_call = ray_actor_call_ms()
     log.info(f"serial Ray actor call: {actor_call}")
     deploy(cfg)

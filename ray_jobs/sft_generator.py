@@ -4,6 +4,8 @@
 """
 
 from llm_i2i.pipeline.jobs import stage_main
+from llm_i2i.pipeline.stages import real_llm_ops
+from ray_jobs.train_llm import RaySFTRunner
 
 if __name__ == "__main__":
-    raise SystemExit(stage_main("sft_generator"))
+    raise SystemExit(stage_main("sft_generator", ops=real_llm_ops(RaySFTRunner())))

@@ -64,8 +64,9 @@ def ray_map(num_cpus: float) -> Callable[[Callable[..., Any], Iterable[tuple]], 
     return run
 
 
-def stage_main(stage: str | None, argv: list[str] | None = None) -> int:
-    """`python -m ray_jobs.<stage> --config X --out DIR`; stage None = the whole pipeline."""
+def stage_main(stage: str | None, argv: list[str] | None = None, ops: Any = None) -> int:
+    """`python -m ray_jobs.<stage> --config X --out DIR`; stage None = the whole pipeline. `ops`: the pipeline's
+    `LLMOps` (the Ray jobs pass ones bound to the Ray SFT runner)."""
     from llm_i2i.pipeline.runner import run_pipeline, run_stage
 
     setup_logging()
@@ -76,8 +77,8 @@ def stage_main(stage: str | None, argv: list[str] | None = None) -> int:
     init_ray(cfg, args.address)
     map_fn = ray_map(cfg.cpus_per_fit)
     if stage is None:
-        run_pipeline(cfg, args.out, map_fn=map_fn)
+        run_pipeline(cfg, args.out, ops, map_fn=map_fn)
     else:
-        r = run_stage(stage, cfg, args.out, map_fn=map_fn)
+        r = run_stage(stage, cfg, args.out, ops, map_fn=map_fn)
         log.info(f"[{stage}] {'skipped (already done)' if r.skipped else 'finished'}: {r.artifact.path}")
     return 0

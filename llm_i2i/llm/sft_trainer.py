@@ -307,7 +307,8 @@ def _write_checkpoint(job: SFTJob, cfg: SFTConfig, prep: Prepared, model, best, 
                                       "tokens", "global_step", "resumed_at_steps", "dtype")}
     training.update({"tokens_per_s": state["tokens"] * world / max(state["train_seconds"], 1e-9),
                      "num_workers": world, "deepspeed": cfg.distributed and cfg.use_deepspeed,
-                     "zero_stage": cfg.zero_stage, "device": str(next(model.parameters()).device),
+                     "zero_stage": cfg.zero_stage, "gpu_requested": bool(job.use_gpu),
+                     "device": str(next(model.parameters()).device),
                      "final_metrics_seconds": time.perf_counter() - t0})
     manifest = {"role": cfg.role, "run_key": job.run_key, "config_hash": cfg.run_hash(), "sft_config": to_dict(cfg),
                 "dataset_dir": job.dataset_dir, **job.manifest, "examples": prep.examples.report,

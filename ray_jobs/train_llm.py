@@ -95,6 +95,8 @@ class RaySFTRunner:
         self._ensure_ray()
         gpus = cluster_gpus()
         use_gpu = job.use_gpu if job.use_gpu is not None else gpus >= cfg.num_workers
+        if use_gpu and gpus < cfg.num_workers:
+            raise ValueError(f"sft.use_gpu=true with {cfg.num_workers} workers, but the cluster declares {gpus:g} GPUs")
         log.info(f"Ray SFT: {cfg.num_workers} workers, {'1 GPU' if use_gpu else 'no GPU'} + {cfg.cpus_per_worker} CPU "
                  f"each (cluster GPUs: {gpus:g})")
         job = dataclasses.replace(job, use_gpu=use_gpu)

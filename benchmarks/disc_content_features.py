@@ -1,6 +1,6 @@
 """How far item text and attributes alone separate the discriminator's validation pairs.
 
-Scores the same pairs as the discriminator's ROC-AUC (`llm_i2i.llm.sft.auc_pairs`: each user's validation item vs
+Scores the same pairs as the discriminator's ROC-AUC (`llm_i2i.llm.sft_metrics.auc_pairs`: each user's validation item vs
 one random, or Swing-hard, negative) with content features of the candidate against the user's last <= 10 items:
 category-path overlap, attribute (brand/category id) Jaccard, brand-word match, and their rank-sum. A reference
 for the discriminator's AUC target: what the item metadata a prompt can show is worth without any model.
@@ -22,7 +22,8 @@ from scipy.stats import rankdata
 from benchmarks._common import DATA_ROOT, RESULTS, provenance, run_locked, run_record, write_result
 from llm_i2i.data import load_dataset
 from llm_i2i.data.split import leave_one_out
-from llm_i2i.llm.sft import _swing_neighbors, auc_pairs, roc_auc
+from llm_i2i.llm.sft_data import swing_neighbors
+from llm_i2i.llm.sft_metrics import auc_pairs, roc_auc
 
 FEATURES = ("category_path_overlap", "attribute_jaccard", "brand_word_match")
 
@@ -58,7 +59,7 @@ def run(root: Path, name: str) -> dict:
     meta = item_metadata(root, name)
     res = {}
     for negatives in ("random", "hard"):
-        hard = _swing_neighbors(split.train) if negatives == "hard" else None
+        hard = swing_neighbors(split.train) if negatives == "hard" else None
         hist, cand, labels = auc_pairs(split, "valid", hard, 10, None, 0)
         f = features(hist, cand, *meta)
         aucs = {k: roc_auc(labels, v) for k, v in f.items()}

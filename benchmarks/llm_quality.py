@@ -96,7 +96,8 @@ def reference_aucs(canon: Path, generator: Path, discriminator: Path | None = No
 
     from llm_i2i.i2i.swing import Swing
     from llm_i2i.llm.scoring import next_item_scores, yes_probability
-    from llm_i2i.llm.sft import _swing_neighbors, auc_pairs, roc_auc
+    from llm_i2i.llm.sft_data import swing_neighbors
+    from llm_i2i.llm.sft_metrics import auc_pairs, roc_auc
     from llm_i2i.llm.tokenizer import item_vocabulary
 
     split = leave_one_out(load_dataset(canon).sequences())
@@ -117,7 +118,7 @@ def reference_aucs(canon: Path, generator: Path, discriminator: Path | None = No
 
     out = {}
     for neg in ("random", "hard"):
-        hard = _swing_neighbors(split.train) if neg == "hard" else None
+        hard = swing_neighbors(split.train) if neg == "hard" else None
         hist, cand, labels = auc_pairs(split, "valid", hard, 10, None, 0)
         pop = counts[[dense[c] for c in cand]]
         logits = np.empty(len(cand))

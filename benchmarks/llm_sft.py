@@ -44,7 +44,12 @@ def measure(cfg: SFTConfig, data: Path, out: Path) -> dict:
 
     shutil.rmtree(out, ignore_errors=True)
     t = time.perf_counter()
-    run_sft(cfg, data, out)
+    runner = None
+    if cfg.distributed:
+        from ray_jobs.train_llm import RaySFTRunner
+
+        runner = RaySFTRunner()
+    run_sft(cfg, data, out, runner)
     wall = time.perf_counter() - t
     _, _, manifest = load_checkpoint(out)
     tr = manifest["training"]
@@ -72,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
 
         if not torch.cuda.is_available() or not args.base_model:
             raise SystemExit("--gpu needs CUDA and --base-model PATH")
-        common += [f"model.base_model={args.base_model}", "bf16=true", "model.dtype=bfloat16", "batch_size=16",
+        common += [f"model.base_model={args.base_model}", "model.dtype=bfloat16", "batch_size=16",
                    "lr=5e-5", "max_length=1024"]
         variants = {"plain_1gpu": [], f"ray_deepspeed_zero2_{args.gpu_workers}gpu": [f"num_workers={args.gpu_workers}", "use_ray=true"]}
     else:

@@ -16,10 +16,11 @@ from llm_i2i.progress import log, setup_logging
 
 
 def ray_runners() -> Runners:
-    """Batch inference on Ray Data actors."""
+    """Batch inference on Ray Data actors, SFT on Ray Train workers."""
     from ray_jobs.batch_inference import map_with_engine
+    from ray_jobs.train_llm import RaySFTRunner
 
-    return Runners(batch_inference=map_with_engine)
+    return Runners(batch_inference=map_with_engine, sft=RaySFTRunner())
 
 
 def run_pipeline_job(cfg: PipelineConfig, out: str, address: str | None, stage: str | None = None) -> None:

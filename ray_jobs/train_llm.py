@@ -1,14 +1,12 @@
-"""SFT of the generator / discriminator on Ray Train (`TorchTrainer`) with DeepSpeed ZeRO.
+"""The Ray runner of the SFT: the library's step loop (`llm_i2i.llm.sft_trainer.train_worker`) on Ray Train
+workers (`TorchTrainer`), with DeepSpeed ZeRO when `use_deepspeed`.
 
-Every worker rebuilds the same examples from the dataset dir (deterministic), takes every world-th batch
-(`epoch_batches(rank, world)`), and steps a DeepSpeed engine around the shared `SFTObjective` - with a torch
-AdamW handed to `deepspeed.initialize` (a DeepSpeed `optimizer` block would compile fused_adam). On GPU:
-NCCL, bf16, FlashAttention-2 (via ModelConfig.attn_implementation='auto'); on CPU: the same DeepSpeed path
-over gloo. Loss and tokens/s are reported to Ray Train every `checkpoint_every` steps; at each epoch end rank 0
-writes a Ray Train checkpoint (weights as safetensors + state.json with the validation metric). A re-run
-with the same out dir resumes from the latest such checkpoint (epoch granularity; the optimizer moments
-restart; the checkpoints live on the driver's local disk, so a multi-node cluster needs a shared storage path) and the driver returns the weights of the best epoch. `stop_after_steps` stops at the first epoch
-boundary past that many steps (to time-box a run, and to test resuming).
+Workers request GPUs from the configuration (`use_gpu`), by default when the cluster declares at least one GPU
+per worker (`ray.cluster_resources()`), never from the driver's CUDA: under `ray job submit` the driver often
+sits on a head without GPUs. A worker given a GPU that CUDA cannot use trains on CPU and logs that it did; the
+process group then runs over gloo (`cpu:gloo,cuda:nccl`). Resume state, the final metrics and the checkpoint are
+written by the workers; the driver never loads the model. A killed worker is restarted by Ray Train
+(`max_failures`) and continues from the newest committed resume state.
 
     python -m ray_jobs.train_llm --role generator --data DATASET_DIR --out CKPT_DIR --set num_workers=2
 """
@@ -16,137 +14,30 @@ boundary past that many steps (to time-box a run, and to test resuming).
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _state_of(ckpt_dir: Path) -> dict[str, Any]:
-    return json.loads((ckpt_dir / "state.json").read_text())
-
-
-def save_weights(model, path: str | Path) -> None:
-    """Weights as safetensors; copies the tensors because DeepSpeed ZeRO keeps them as views of flat buffers."""
-    from safetensors.torch import save_file
-
-    tied = model.config.tie_word_embeddings
-    save_file({k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()
-               if not (tied and k == "lm_head.weight")}, str(path))
-
-
-def load_weights(model, path: str | Path) -> None:
-    from safetensors.torch import load_file
-
-    missing, unexpected = model.load_state_dict(load_file(str(path)), strict=False)
-    if unexpected or [k for k in missing if k != "lm_head.weight"]:
-        raise ValueError(f"{path}: weights do not fit the model (missing {missing}, unexpected {unexpected})")
-    model.tie_weights()
+MAX_FAILURES = 2  # worker-group restarts per fit (a killed worker, a lost node) before the run fails
+T = TypeVar("T")
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    import deepspeed
-    import numpy as np
     import ray.train
-    import ray.train.torch
     import torch
-    from transformers import AutoTokenizer
 
-    from llm_i2i.config import from_dict
-    from llm_i2i.llm.modeling import build_model
-    from llm_i2i.llm.sft import SFTConfig, lr_at, make_objective, pad_id, prepare_sft, select_metric
-    from llm_i2i.llm.sft_data import collate, epoch_batches
+    from llm_i2i.llm.sft_trainer import SFTJob, train_worker
 
-    cfg = from_dict(SFTConfig, config["cfg"])
+    job = SFTJob(**config["job"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.set_num_threads(max(1, (os.cpu_count() or 2) // world) if not torch.cuda.is_available() else 4)
-    tok = AutoTokenizer.from_pretrained(config["tokenizer_dir"], local_files_only=True)
-    prep = prepare_sft(cfg, Path(config["dataset_dir"]), tok)
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, tok, prep.items)
-    start_epoch, history = 0, []
-    ckpt = ray.train.get_checkpoint()  # set when Ray Train restarts failed workers within this run
-    if ckpt is None and config.get("resume_from"):
-        ckpt = ray.train.Checkpoint.from_directory(config["resume_from"])  # a previous, interrupted run
-    if ckpt is not None:
-        with ckpt.as_directory() as d:
-            load_weights(model, os.path.join(d, "model.safetensors"))
-            state = _state_of(Path(d))
-            start_epoch, history = state["epoch"], state["history"]
-    objective = make_objective(cfg, prep, model)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    micro = max(1, cfg.batch_size // world)
-    lengths = prep.examples.lengths
-    steps_per_epoch = len(epoch_batches(lengths, micro, cfg.seed, 0, rank, world))
-    total = steps_per_epoch * cfg.epochs
-    if cfg.use_deepspeed:
-        ds_config = {
-            "train_micro_batch_size_per_gpu": micro,
-            "gradient_accumulation_steps": 1,
-            "gradient_clipping": 1.0,
-            "zero_optimization": {"stage": cfg.zero_stage},
-            "bf16": {"enabled": cfg.bf16},
-            "steps_per_print": 10**9,
-        }
-        engine, opt, _, _ = deepspeed.initialize(model=objective, optimizer=opt, config=ds_config)
-        device = engine.device
-    else:
-        engine = ray.train.torch.prepare_model(objective)
-        device = ray.train.torch.get_device()
-    pid = pad_id(tok)
-    first_step = step = start_epoch * steps_per_epoch
-    tokens, t0 = 0, time.perf_counter()
-    for epoch in range(start_epoch, cfg.epochs):
-        loss_sum, n = 0.0, 0
-        for i, idx in enumerate(epoch_batches(lengths, micro, cfg.seed, epoch, rank, world)):
-            batch = {k: v.to(device) for k, v in collate(prep.examples, idx, pid, cfg.role).items()}
-            for g in opt.param_groups:
-                g["lr"] = lr_at(cfg, step, total)
-            loss = engine(**batch)
-            if cfg.use_deepspeed:
-                engine.backward(loss)
-                engine.step()
-            else:
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(engine.parameters(), 1.0)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-            step += 1
-            tokens += int(batch["attention_mask"].sum())
-            loss_sum, n = loss_sum + loss.item(), n + 1
-            if step % cfg.checkpoint_every == 0:
-                elapsed = time.perf_counter() - t0
-                ray.train.report({"epoch": epoch, "step": step, "loss": loss.item(),
-                                  "tokens_per_s_per_worker": tokens / elapsed})
-        elapsed = time.perf_counter() - t0
-        metrics: dict[str, Any] = {"epoch": epoch + 1, "step": step, "train_loss": loss_sum / max(n, 1),
-                                   "tokens_per_s_per_worker": tokens / elapsed, "train_seconds": elapsed,
-                                   "world_size": world}
-        if rank == 0:
-            name, value = select_metric(cfg, model, prep, cfg.eval_users or None)
-            metrics[f"valid_{name}"] = value
-            metrics["valid_metric"] = value
-            history.append(metrics)
-            with tempfile.TemporaryDirectory() as d:
-                save_weights(model, os.path.join(d, "model.safetensors"))  # ZeRO <= 2: full weights on every rank
-                Path(d, "state.json").write_text(json.dumps({"epoch": epoch + 1, "history": history,
-                                                             "run_hash": config["run_hash"]}))
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
-        else:
-            ray.train.report(metrics)
-        if cfg.stop_after_steps is not None and step - first_step >= cfg.stop_after_steps:
-            return  # every rank counts the same steps, so all stop at this epoch boundary
-
-
-def _checkpoints(storage: Path, run_hash: str) -> list[Path]:
-    found = [p.parent for p in storage.rglob("checkpoint_*/state.json")]
-    return [p for p in found if _state_of(p).get("run_hash") == run_hash]
+    if not job.config.get("threads"):
+        torch.set_num_threads(max(1, (os.cpu_count() or 2) // world))
+    train_worker(job, rank, world, report=ray.train.report)
 
 
 BUILD_LOCK_IDLE_SECONDS = 600.0
@@ -167,66 +58,63 @@ def clear_stale_build_locks(ext_dir: str | Path, idle_seconds: float = BUILD_LOC
     return removed
 
 
-def train_with_ray(cfg, dataset_dir: Path, out_dir: Path, tokenizer_dir: Path):
-    """Run the SFT on Ray Train; (model with the best epoch's weights, training info), or None if stopped early."""
+def cluster_gpus() -> float:
     import ray
-    import torch
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-    from transformers import AutoTokenizer
 
-    from llm_i2i.config import to_dict
-    from llm_i2i.data import load_dataset
-    from llm_i2i.llm.modeling import build_model
-    from llm_i2i.progress import log
+    return float(ray.cluster_resources().get("GPU", 0.0))
 
-    gpu = torch.cuda.is_available()
-    ext_dir = os.environ.get("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions"))
-    for lock in clear_stale_build_locks(ext_dir):
-        log.warning(f"removed stale build lock {lock} (no build activity for {BUILD_LOCK_IDLE_SECONDS:.0f} s; "
-                    "a killed compile left it)")
-    if not ray.is_initialized():
-        address = os.environ.get("RAY_ADDRESS", "local")
-        kw = dict(num_cpus=max(2, os.cpu_count() or 2)) if address == "local" else {}
-        ray.init(address=address, include_dashboard=False, **kw,
-                 runtime_env={"env_vars": {"TORCH_EXTENSIONS_DIR": ext_dir, "PYTHONPATH": str(REPO)}})
-    storage = (out_dir.parent / f".{out_dir.name}.resume" / "ray").resolve()
-    run_hash = cfg.run_hash()
-    previous = sorted(_checkpoints(storage, run_hash), key=lambda p: _state_of(p)["epoch"])
-    resume = str(previous[-1]) if previous else None
-    if resume is not None:
-        log.info(f"resuming Ray SFT from {previous[-1]} (epoch {_state_of(previous[-1])['epoch']})")
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"cfg": to_dict(cfg), "dataset_dir": str(Path(dataset_dir).resolve()),
-                           "tokenizer_dir": str(Path(tokenizer_dir).resolve()), "run_hash": run_hash,
-                           "resume_from": resume},
-        torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=gpu,
-                                     resources_per_worker=None if gpu else {"CPU": 0.5}),
-        run_config=RunConfig(name=f"sft_{len(previous)}", storage_path=str(storage),
-                             checkpoint_config=CheckpointConfig(num_to_keep=None), failure_config=FailureConfig(max_failures=1)),
-    )
-    t0 = time.perf_counter()
-    trainer.fit()
-    seconds = time.perf_counter() - t0
-    done = [p for p in _checkpoints(storage, run_hash)]
-    if not done:
-        raise RuntimeError(f"Ray SFT produced no checkpoint under {storage}")
-    last = max(done, key=lambda p: _state_of(p)["epoch"])
-    if _state_of(last)["epoch"] < cfg.epochs:
-        log.info(f"Ray SFT stopped at epoch {_state_of(last)['epoch']}/{cfg.epochs} as asked; run again to resume")
-        return None
-    best = max(done, key=lambda p: (_state_of(p)["history"][-1]["valid_metric"], -_state_of(p)["epoch"]))
-    history = _state_of(last)["history"]
-    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
-    model = build_model(cfg.model, tok, load_dataset(dataset_dir).items)
-    load_weights(model, best / "model.safetensors")
-    info = {"history": history, "best_epoch": _state_of(best)["epoch"], "ray_fit_seconds": seconds,
-            "resumed_from_epoch": _state_of(previous[-1])["epoch"] if previous else 0,
-            "num_workers": cfg.num_workers, "deepspeed": cfg.use_deepspeed, "zero_stage": cfg.zero_stage,
-            "tokens_per_s": history[-1]["tokens_per_s_per_worker"] * cfg.num_workers}  # rank 0's rate x workers
-    return model, info
+
+class RaySFTRunner:
+    """`llm_i2i.llm.sft.SFTRunner` on a Ray cluster (the running one, RAY_ADDRESS, or a local one)."""
+
+    def __init__(self, eval_cpus: float = 1.0):
+        self.eval_cpus = eval_cpus
+
+    def _ensure_ray(self) -> str:
+        from llm_i2i.progress import log
+        from llm_i2i.raycluster import init_ray
+
+        ext_dir = os.environ.get("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions"))
+        for lock in clear_stale_build_locks(ext_dir):
+            log.warning(f"removed stale build lock {lock} (no build activity for {BUILD_LOCK_IDLE_SECONDS:.0f} s; "
+                        "a killed compile left it)")
+        init_ray(runtime_env={"env_vars": {"TORCH_EXTENSIONS_DIR": ext_dir, "PYTHONPATH": str(REPO)}})
+        return ext_dir
+
+    def train(self, job, cfg) -> None:
+        from ray.train import FailureConfig, RunConfig, ScalingConfig
+        from ray.train.torch import TorchConfig, TorchTrainer
+
+        from llm_i2i.progress import log
+
+        self._ensure_ray()
+        gpus = cluster_gpus()
+        use_gpu = job.use_gpu if job.use_gpu is not None else gpus >= cfg.num_workers
+        if use_gpu and gpus < cfg.num_workers:
+            raise ValueError(f"sft.use_gpu=true with {cfg.num_workers} workers, but the cluster declares {gpus:g} GPUs")
+        log.info(f"Ray SFT: {cfg.num_workers} workers, {'1 GPU' if use_gpu else 'no GPU'} + {cfg.cpus_per_worker} CPU "
+                 f"each (cluster GPUs: {gpus:g})")
+        job = dataclasses.replace(job, use_gpu=use_gpu)
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config={"job": dataclasses.asdict(job)},
+            # gloo carries CPU tensors, so a worker whose GPU turns out unusable still joins the group
+            torch_config=TorchConfig(backend="cpu:gloo,cuda:nccl" if use_gpu else "gloo"),
+            scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu,
+                                         resources_per_worker={"CPU": cfg.cpus_per_worker}),
+            run_config=RunConfig(name=f"sft_{job.run_key}_{time.time_ns()}",
+                                 storage_path=str(Path(job.resume_dir) / "ray"),
+                                 failure_config=FailureConfig(max_failures=MAX_FAILURES)),
+        )
+        trainer.fit()
+
+    def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """`fn` in a Ray task, on a GPU when the cluster has one: model-loading evaluation stays off the driver."""
+        import ray
+
+        self._ensure_ray()
+        task = ray.remote(num_cpus=self.eval_cpus, num_gpus=1 if cluster_gpus() >= 1 else 0, max_retries=1)(fn)
+        return ray.get(task.remote(*args, **kwargs))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -243,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     setup_logging()
     cfg = load_config(SFTConfig, args.config, [f"role={args.role}", "use_ray=true", *args.set])
-    run_sft(cfg, Path(args.data), Path(args.out))
+    run_sft(cfg, Path(args.data), Path(args.out), RaySFTRunner())
     return 0
 
 

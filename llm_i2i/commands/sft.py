@@ -25,7 +25,12 @@ def run(args: argparse.Namespace) -> int:
     from llm_i2i.llm.sft import SFTConfig, run_sft
 
     cfg = load_command_config(SFTConfig, args, "sft", [f"role={args.role}"])
-    out = run_sft(cfg, Path(args.data), Path(args.out))
+    runner = None
+    if cfg.distributed:
+        from ray_jobs.train_llm import RaySFTRunner
+
+        runner = RaySFTRunner()
+    out = run_sft(cfg, Path(args.data), Path(args.out), runner)
     if out is None:
         log.info(f"stopped early as asked; run the same command again to resume into {args.out}")
         return 0

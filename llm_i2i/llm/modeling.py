@@ -33,8 +33,8 @@ class ModelConfig:
     intermediate_size: int = 384
     max_position_embeddings: int = 1024
     tie_word_embeddings: bool = True
-    dtype: str = "float32"  # float32 | bfloat16 | float16
-    attn_implementation: str = "auto"  # auto: flash_attention_2 if installed and on CUDA, else sdpa
+    dtype: str = "auto"  # auto (bfloat16 for a pretrained base on CUDA, else float32) | float32 | bfloat16 | float16
+    attn_implementation: str = "auto"  # auto: flash_attention_2 on CUDA with fp16/bf16 if installed, else sdpa
     item_init: str = "auto"  # auto (title_mean on a pretrained base, random from scratch) | title_mean | random
     vocab_size: int = 4000  # sub-word vocabulary trained for a scratch model
     dropout: float = 0.0  # training-time dropout on token embeddings and attention (sparse data overfits fast)
@@ -42,8 +42,8 @@ class ModelConfig:
     def validate(self) -> None:
         if self.hidden_size % self.num_heads:
             raise ValueError(f"model.hidden_size {self.hidden_size} not divisible by num_heads {self.num_heads}")
-        if self.dtype not in ("float32", "bfloat16", "float16"):
-            raise ValueError(f"model.dtype must be float32|bfloat16|float16, got {self.dtype!r}")
+        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise ValueError(f"model.dtype must be auto|float32|bfloat16|float16, got {self.dtype!r}")
         if self.item_init not in ("auto", "title_mean", "random"):
             raise ValueError(f"model.item_init must be auto|title_mean|random, got {self.item_init!r}")
         if not 0.0 <= self.dropout < 1.0:
@@ -51,15 +51,22 @@ class ModelConfig:
         if self.attn_implementation not in ("auto", "sdpa", "eager", "flash_attention_2"):
             raise ValueError(f"model.attn_implementation unknown: {self.attn_implementation!r}")
 
-    @property
-    def torch_dtype(self) -> torch.dtype:
-        return getattr(torch, self.dtype)
+    def torch_dtype(self, device: torch.device | str = "cpu") -> torch.dtype:
+        """The weights' dtype on `device`: "auto" trains a pretrained base in bf16 on CUDA and everything else in
+        fp32 (a scratch model is small, and CPU bf16 matmuls are slower than fp32 on most CPUs)."""
+        if self.dtype != "auto":
+            return getattr(torch, self.dtype)
+        return torch.bfloat16 if self.base_model and torch.device(device).type == "cuda" else torch.float32
 
 
-def resolve_attn_implementation(requested: str) -> str:
+def resolve_attn_implementation(requested: str, dtype: torch.dtype, device: torch.device | str = "cpu") -> str:
+    """FlashAttention-2 only where it runs: CUDA with fp16/bf16 weights and flash_attn installed; else SDPA."""
+    fa2_fits = torch.device(device).type == "cuda" and dtype in (torch.float16, torch.bfloat16)
+    if requested == "flash_attention_2" and not fa2_fits:
+        raise ValueError(f"model.attn_implementation=flash_attention_2 needs CUDA and fp16/bf16, got {device} {dtype}")
     if requested != "auto":
         return requested
-    if torch.cuda.is_available():
+    if fa2_fits:
         try:
             import flash_attn  # noqa: F401
 
@@ -69,12 +76,14 @@ def resolve_attn_implementation(requested: str) -> str:
     return "sdpa"
 
 
-def build_model(cfg: ModelConfig, tokenizer, items=None):
-    """LlamaForCausalLM sized for `tokenizer` (item tokens included); `items` (ITEMS_SCHEMA) enables title_mean init."""
+def build_model(cfg: ModelConfig, tokenizer, items=None, device: torch.device | str = "cpu"):
+    """LlamaForCausalLM sized for `tokenizer` (item tokens included) on `device`, in the dtype `cfg` resolves to
+    there; `items` (ITEMS_SCHEMA) enables title_mean init."""
     from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
     cfg.validate()
-    attn = resolve_attn_implementation(cfg.attn_implementation)
+    dtype = cfg.torch_dtype(device)
+    attn = resolve_attn_implementation(cfg.attn_implementation, dtype, device)
     if cfg.base_model is None:
         lcfg = LlamaConfig(
             vocab_size=len(tokenizer),
@@ -90,11 +99,11 @@ def build_model(cfg: ModelConfig, tokenizer, items=None):
             eos_token_id=tokenizer.eos_token_id,
         )
         lcfg._attn_implementation = attn
-        model = LlamaForCausalLM(lcfg).to(cfg.torch_dtype)
+        model = LlamaForCausalLM(lcfg).to(dtype)
         n_old = 0
     else:
         model = AutoModelForCausalLM.from_pretrained(
-            resolve_base_model(cfg.base_model), dtype=cfg.torch_dtype, attn_implementation=attn, trust_remote_code=False, local_files_only=True
+            resolve_base_model(cfg.base_model), dtype=dtype, attn_implementation=attn, trust_remote_code=False, local_files_only=True
         )
         n_old = model.get_input_embeddings().weight.shape[0]
         model.resize_token_embeddings(len(tokenizer))
@@ -104,7 +113,7 @@ def build_model(cfg: ModelConfig, tokenizer, items=None):
         init_item_embeddings(model, tokenizer, items, first_new_token=n_old)
     if cfg.dropout:
         add_dropout(model, cfg.dropout)
-    return model
+    return model.to(device)
 
 
 def add_dropout(model, p: float) -> None:
@@ -148,15 +157,18 @@ def init_item_embeddings(model, tokenizer, items, first_new_token: int = 0) -> i
     return done
 
 
-def save_checkpoint(model, tokenizer, out_dir: str | Path, manifest: dict[str, Any]) -> Path:
-    """HF safetensors + tokenizer + llm_i2i_manifest.json (role, item ids in token order, configs, metrics); atomic."""
+def save_checkpoint(model, tokenizer, out_dir: str | Path, manifest: dict[str, Any],
+                    state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+    """HF safetensors + tokenizer + llm_i2i_manifest.json (role, item ids in token order, configs, metrics); atomic.
+
+    `state_dict`: the weights to write when the model's own tensors are views of a shared buffer (DeepSpeed)."""
     from llm_i2i.io import _json_default
     from llm_i2i.llm.tokenizer import item_vocabulary
 
     item_ids, token_ids = item_vocabulary(tokenizer)
     full = {**manifest, "item_ids": item_ids.tolist(), "item_token_ids": token_ids.tolist()}
     with atomic_dir(out_dir) as tmp:
-        model.save_pretrained(str(tmp), safe_serialization=True)
+        model.save_pretrained(str(tmp), safe_serialization=True, state_dict=state_dict)
         tokenizer.save_pretrained(str(tmp))
         (tmp / MANIFEST).write_text(json.dumps(full, indent=1, default=_json_default) + "\n")
     return Path(out_dir)

@@ -13,6 +13,7 @@ from typing import Any, Callable, Protocol
 import pyarrow as pa
 
 from llm_i2i.llm.inference import EngineSpec
+from llm_i2i.llm.sft import SFTRunner
 
 
 class BatchRunner(Protocol):
@@ -30,7 +31,8 @@ class BatchRunner(Protocol):
 
 @dataclass
 class Runners:
-    """Where the pipeline's heavy LLM work runs: `batch_inference` for generate/discriminate. The SFT runner
-    (`llm_i2i.llm.sft`'s, with the Ray one from `ray_jobs.train_llm`) belongs beside it as `sft`."""
+    """Where the pipeline's heavy LLM work runs: `batch_inference` for generate/discriminate, `sft` for
+    fine-tuning and the evaluations that load a model (`llm_i2i.llm.sft.SFTRunner`; None: this process)."""
 
     batch_inference: BatchRunner
+    sft: SFTRunner | None = None

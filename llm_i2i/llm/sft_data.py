@@ -10,15 +10,22 @@ never touched in train, or - with hard negatives - from the Swing neighbours of 
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from llm_i2i.data import LeaveOneOut, leave_one_out, load_dataset, long_tail_mask
+from llm_i2i.data.schema import DataError
 from llm_i2i.data.sequences import Sequences
-from llm_i2i.llm.prompts import discriminator_prompt, encode_prompts, generator_prompt
+from llm_i2i.io import sha256_file
+from llm_i2i.llm.prompts import discriminator_prompt, encode_prompts, generator_prompt, titles_from_items
+from llm_i2i.llm.sft_config import SFTConfig
 from llm_i2i.llm.tokenizer import item_vocabulary
+from llm_i2i.progress import log
 
 
 @dataclass
@@ -171,3 +178,57 @@ def collate(examples: SFTExamples, idx: np.ndarray, pad_id: int, role: str) -> d
         out["labels"] = torch.from_numpy(np.array([examples.labels[i][0] for i in idx], dtype=np.int64))
     return out
 
+
+
+def content_fingerprint(path: str | Path) -> str:
+    """sha256 over the relative names and bytes of every file under `path` (or of the file itself).
+
+    Covers what a reused or resumed SFT run was trained on, so changed data or a changed base checkpoint is a
+    different run. The synthetic default dataset is named, not read."""
+    if str(path) in ("default", "synthetic"):
+        return f"builtin:{path}"
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"{p}: file not found")
+    files = [p] if p.is_file() else sorted(q for q in p.rglob("*") if q.is_file())
+    h = hashlib.sha256()
+    for q in files:
+        h.update(f"{q.relative_to(p) if p.is_dir() else q.name}\0{sha256_file(q)}\n".encode())
+    return h.hexdigest()[:16]
+
+
+@dataclass
+class Prepared:
+    """Everything a training process needs, built deterministically from the dataset dir."""
+
+    tokenizer: Any
+    items: Any
+    split: LeaveOneOut
+    examples: SFTExamples
+    tail_mask: np.ndarray  # over item columns (= dense item indices)
+    titles: dict[int, str] | None
+
+
+def swing_neighbors(train):
+    """Swing top-50 neighbours: the source of hard negatives."""
+    from llm_i2i.i2i.swing import Swing, SwingConfig
+
+    return Swing(SwingConfig(k=50)).fit(train)
+
+
+def prepare_sft(cfg: SFTConfig, dataset_dir: str | Path, tokenizer) -> Prepared:
+    ds = load_dataset(dataset_dir)
+    split = leave_one_out(ds.sequences())
+    train = split.train
+    titles = titles_from_items(ds.items) if cfg.titles else None
+    if cfg.role == "generator":
+        prefix = len(encode_prompts(tokenizer, [generator_prompt([], titles=titles)])[0])
+        per_item = 1 if titles is None else 2 + int(np.mean([len(t.split()) for t in titles.values()]) * 1.5)
+        examples = generator_examples(train, tokenizer, max_items=max(1, (cfg.max_length - prefix) // per_item + 1), titles=titles)
+    else:
+        hard = swing_neighbors(train) if cfg.hard_negatives else None
+        examples = discriminator_examples(train, tokenizer, cfg.positions_per_user, cfg.neg_ratio, cfg.max_history,
+                                          cfg.seed, hard, titles=titles)
+    tail = long_tail_mask(train.item_counts(), cfg.long_tail_fraction)
+    log.info(f"SFT {cfg.role}: {examples.report}")
+    return Prepared(tokenizer, ds.items, split, examples, tail, titles)

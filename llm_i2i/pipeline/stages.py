@@ -50,13 +50,18 @@ class LLMOps:
 
 
 def real_llm_ops(runners: Runners) -> LLMOps:
-    """The `llm_i2i.llm` calls, running their heavy work on `runners` (the caller's: Ray ones from `ray_jobs`)."""
+    """The `llm_i2i.llm` calls, running their heavy work on `runners` (the caller's: Ray ones from `ray_jobs`):
+    generate/discriminate on `runners.batch_inference`; SFT and the evaluations that load a model on
+    `runners.sft` (an `llm_i2i.llm.sft.SFTRunner`; None: this process)."""
+    from llm_i2i.llm.sft import LocalRunner
+
+    runner = runners.sft or LocalRunner()
 
     def sft(cfg: dict[str, Any], dataset_dir: Path, out_dir: Path) -> Path:
         from llm_i2i.config import from_dict
         from llm_i2i.llm.sft import SFTConfig, run_sft
 
-        ckpt = run_sft(from_dict(SFTConfig, cfg), dataset_dir, out_dir)
+        ckpt = run_sft(from_dict(SFTConfig, cfg), dataset_dir, out_dir, runner)
         if ckpt is None:
             raise RuntimeError(f"SFT stopped early (stop_after_steps); its resume state is in {out_dir}: run again")
         return Path(ckpt)
@@ -78,12 +83,12 @@ def real_llm_ops(runners: Runners) -> LLMOps:
         from llm_i2i.llm.sft import evaluate_generator as ev
 
         kw = {k: gen_cfg[k] for k in ("history_len", "exclude_history", "max_users") if gen_cfg.get(k) is not None}
-        return ev(ckpt, dataset_dir, eval_cfg, **kw)
+        return runner.call(ev, ckpt, dataset_dir, eval_cfg, **kw)
 
     def discriminator_auc(ckpt, dataset_dir, max_users):
         from llm_i2i.llm.sft import discriminator_auc as auc
 
-        return float(auc(ckpt, dataset_dir, negatives="random", split="test", max_users=max_users))
+        return float(runner.call(auc, ckpt, dataset_dir, negatives="random", split="test", max_users=max_users))
 
     return LLMOps(sft, generate, discriminate, evaluate_generator, discriminator_auc)
 

@@ -35,3 +35,25 @@ def test_a_checkpoint_can_be_the_base_of_another(tmp_path, tokenizer, items):
     torch.testing.assert_close(disc.state_dict(), gen.state_dict())
     reloaded, _, manifest = load_checkpoint(tmp_path / "gen")
     assert manifest["role"] == "generator" and reloaded.config.vocab_size == len(tokenizer)
+
+
+def test_dtype_and_attention_follow_the_device(monkeypatch):
+    """bf16 by default only for a pretrained base on CUDA; FlashAttention-2 only on CUDA with fp16/bf16 (it
+    refuses fp32), SDPA everywhere else."""
+    import sys
+    import types
+
+    from llm_i2i.llm.modeling import resolve_attn_implementation
+
+    assert ModelConfig(base_model="/some/base").torch_dtype("cuda") == torch.bfloat16
+    assert ModelConfig(base_model="/some/base").torch_dtype("cpu") == torch.float32
+    assert ModelConfig().torch_dtype("cuda") == torch.float32
+    assert ModelConfig(dtype="float16").torch_dtype("cpu") == torch.float16
+    monkeypatch.setitem(sys.modules, "flash_attn", types.ModuleType("flash_attn"))  # "installed"
+    assert resolve_attn_implementation("auto", torch.bfloat16, "cuda") == "flash_attention_2"
+    assert resolve_attn_implementation("auto", torch.float32, "cuda") == "sdpa"
+    assert resolve_attn_implementation("auto", torch.bfloat16, "cpu") == "sdpa"
+    with pytest.raises(ValueError, match="flash_attention_2 needs CUDA and fp16/bf16"):
+        resolve_attn_implementation("flash_attention_2", torch.float32, "cuda")
+    monkeypatch.setitem(sys.modules, "flash_attn", None)  # not installed
+    assert resolve_attn_implementation("auto", torch.bfloat16, "cuda") == "sdpa"

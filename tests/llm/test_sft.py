@@ -106,19 +106,159 @@ def test_run_sft_is_idempotent(generator_ckpt, dataset_dir):
     assert (generator_ckpt / "model.safetensors").stat().st_mtime_ns == before
 
 
-def test_killed_run_resumes_to_the_same_weights(dataset_dir, tmp_path):
-    base = dict(epochs=2, lr=5e-3, batch_size=64, warmup_steps=2, eval_users=50, checkpoint_every=1000, model=ModelConfig(**TINY))
-    full = run_sft(SFTConfig(**base), dataset_dir, tmp_path / "full")
-    assert run_sft(SFTConfig(**base, stop_after_steps=3), dataset_dir, tmp_path / "cut") is None
-    assert (tmp_path / ".cut.resume" / "state.json").exists()
-    assert run_sft(SFTConfig(**base, stop_after_steps=4), dataset_dir, tmp_path / "cut") is None  # crosses an epoch
-    resumed = run_sft(SFTConfig(**base), dataset_dir, tmp_path / "cut")
+KILL_BASE = dict(epochs=2, lr=5e-3, batch_size=64, warmup_steps=2, eval_users=50, checkpoint_every=2, patience=0,
+                 model=ModelConfig(**TINY))
+
+# The child trains the same run and parks itself at a fault point (the marker file tells the parent where), so the
+# parent's SIGKILL lands there: inside an optimizer step, or between two files of a resume-state commit.
+CHILD = """
+import os, sys, time
+from pathlib import Path
+import torch
+from llm_i2i.llm import sft_resume
+from llm_i2i.llm.modeling import ModelConfig
+from llm_i2i.llm.sft import SFTConfig, run_sft
+
+where, marker, data, out, base = sys.argv[1], Path(sys.argv[2]), sys.argv[3], sys.argv[4], eval(sys.argv[5])
+calls = {"step": 0, "save": 0}
+
+def park():
+    marker.write_text(where)
+    time.sleep(600)
+
+if where == "mid_step":
+    step = torch.optim.AdamW.step
+    def step_then_park(self, *a, **k):
+        calls["step"] += 1
+        if calls["step"] == 7:  # after the commits at steps 2, 4 and 6; killed before the 7th update lands
+            park()
+        return step(self, *a, **k)
+    torch.optim.AdamW.step = step_then_park
+else:
+    save = sft_resume._save_tensors
+    def save_then_park(tensors, path, metadata=None):
+        save(tensors, path, metadata)
+        calls["save"] += 1
+        if calls["save"] == 4:  # the second commit: its optimizer file written, the model file not yet
+            park()
+    sft_resume._save_tensors = save_then_park
+run_sft(SFTConfig(**base), data, out)
+"""
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(dataset_dir, tmp_path_factory):
+    return run_sft(SFTConfig(**KILL_BASE), dataset_dir, tmp_path_factory.mktemp("full") / "full")
+
+
+@pytest.mark.parametrize("where", ["mid_step", "mid_save"])
+def test_killed_run_resumes_to_the_same_weights(where, uninterrupted, dataset_dir, tmp_path):
+    """SIGKILL a training subprocess inside a step, or halfway through writing a resume state; the rerun resumes
+    from the newest complete state and ends with the uninterrupted run's weights and loss curve."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from llm_i2i.llm.sft_resume import ResumeStore
+
+    repo = Path(__file__).resolve().parents[2]
+    out, marker = tmp_path / "cut", tmp_path / "parked"
+    base = {**KILL_BASE, "model": ModelConfig(**TINY)}
+    child = subprocess.Popen([sys.executable, "-c", CHILD, where, str(marker), str(dataset_dir), str(out), repr(base)],
+                             env={**os.environ, "PYTHONPATH": str(repo)}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    while not marker.exists():
+        assert child.poll() is None, child.stderr.read().decode()[-2000:]
+        assert time.monotonic() < deadline, "the child never reached its fault point"
+        time.sleep(0.1)
+    child.send_signal(signal.SIGKILL)
+    assert child.wait(30) == -signal.SIGKILL
+    states = tmp_path / ".cut.resume" / "states"
+    latest = ResumeStore(states, "").latest()
+    committed = json.loads((latest / "state.json").read_text())
+    if where == "mid_step":
+        assert committed["global_step"] == 6
+    else:
+        assert [p.name for p in states.glob(".state_*.tmp")], "the kill should leave a half-written state"
+        assert committed["global_step"] == 2  # the half-written one (step 4) is ignored
+    resumed = run_sft(SFTConfig(**KILL_BASE), dataset_dir, out)
     assert resumed is not None and not (tmp_path / ".cut.resume").exists()
-    a, _, ma = load_checkpoint(full)
+    a, _, ma = load_checkpoint(uninterrupted)
     b, _, mb = load_checkpoint(resumed)
-    for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
-        torch.testing.assert_close(va, vb, msg=ka)
+    torch.testing.assert_close(a.state_dict(), b.state_dict())
+    assert mb["training"]["resumed_at_steps"] == [committed["global_step"]]
     assert ma["training"]["global_step"] == mb["training"]["global_step"]
+    for ha, hb in zip(ma["training"]["history"], mb["training"]["history"], strict=True):
+        assert ha["train_loss"] == pytest.approx(hb["train_loss"], rel=1e-5)
+        assert ha["valid_metric"] == pytest.approx(hb["valid_metric"], rel=1e-5)
+
+
+def test_reuse_and_resume_are_keyed_by_data_content(tmp_path):
+    """A finished run is reused only for the same config AND data bytes; a missing dataset is an error, not a
+    cached checkpoint; a resume state of other data is discarded, not resumed."""
+    from llm_i2i.data.schema import DataError
+
+    data, out = tmp_path / "data", tmp_path / "ckpt"
+    save_dataset(load_dataset(None, n_users=120, n_items=30, n_groups=3, seed=1), data)
+    cfg = dict(epochs=1, batch_size=64, warmup_steps=1, eval_users=30, model=ModelConfig(**TINY))
+    assert run_sft(SFTConfig(**cfg), data, out) == out
+    first = json.loads((out / "llm_i2i_manifest.json").read_text())
+    mtime = (out / "model.safetensors").stat().st_mtime_ns
+    with pytest.raises(DataError, match="not found"):
+        run_sft(SFTConfig(**cfg), tmp_path / "no_such_data", out)
+    assert run_sft(SFTConfig(**cfg), data, out) == out
+    assert (out / "model.safetensors").stat().st_mtime_ns == mtime  # same config and data: reused
+    save_dataset(load_dataset(None, n_users=120, n_items=30, n_groups=3, seed=2), data)  # same path, new bytes
+    assert run_sft(SFTConfig(**cfg, stop_after_steps=1), data, out) is None  # a resume state of the new data
+    save_dataset(load_dataset(None, n_users=120, n_items=30, n_groups=3, seed=3), data)  # ... changed again
+    assert run_sft(SFTConfig(**cfg), data, out) == out
+    second = json.loads((out / "llm_i2i_manifest.json").read_text())
+    assert second["data_fingerprint"] != first["data_fingerprint"] and second["run_key"] != first["run_key"]
+    assert second["config_hash"] == first["config_hash"]
+    assert second["training"]["resumed_at_steps"] == []  # the other data's resume state was not resumed
+
+
+def test_early_stopping_keeps_the_best_epoch(dataset_dir, tmp_path, monkeypatch):
+    """Validation scores 0.1, 0.3, 0.2, 0.25: with patience 2 training stops after epoch 4 of 10 and the
+    checkpoint holds epoch 2's weights."""
+    from llm_i2i.llm import sft_trainer
+    from llm_i2i.llm.sft_resume import weights_of
+
+    scores, seen = iter([0.1, 0.3, 0.2, 0.25]), []
+
+    def scripted(cfg, model, prep, max_users):
+        seen.append(weights_of(model))
+        return "ndcg@10", next(scores)
+
+    monkeypatch.setattr(sft_trainer, "select_metric", scripted)
+    cfg = SFTConfig(epochs=10, patience=2, batch_size=64, warmup_steps=1, eval_users=30, model=ModelConfig(**TINY))
+    manifest = json.loads((run_sft(cfg, dataset_dir, tmp_path / "es") / "llm_i2i_manifest.json").read_text())
+    tr = manifest["training"]
+    assert [h["epoch"] for h in tr["history"]] == [1, 2, 3, 4] and tr["stopped_early"] and tr["best_epoch"] == 2
+    model, _, _ = load_checkpoint(tmp_path / "es")
+    torch.testing.assert_close(weights_of(model), seen[1])
+    assert not torch.equal(seen[1]["model.embed_tokens.weight"], seen[3]["model.embed_tokens.weight"])
+
+
+def test_training_device_falls_back_to_cpu_when_the_gpu_is_unusable(caplog):
+    from llm_i2i.llm.sft_trainer import usable_device
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a usable GPU")
+    with caplog.at_level("WARNING", logger="llm_i2i"):
+        assert usable_device(True).type == "cpu"
+    assert "CUDA is not usable" in caplog.text and "training on CPU" in caplog.text
+    assert usable_device(False).type == "cpu"
+
+
+def test_distributed_sft_needs_a_runner_and_zero3_is_refused(dataset_dir, tmp_path):
+    with pytest.raises(ValueError, match="Ray runner"):
+        run_sft(SFTConfig(num_workers=2, model=ModelConfig(**TINY)), dataset_dir, tmp_path / "x")
+    with pytest.raises(ValueError, match="zero_stage=3"):
+        SFTConfig(zero_stage=3).validate()
 
 
 def test_discriminator_from_generator_learns(generator_ckpt, dataset_dir, tmp_path):

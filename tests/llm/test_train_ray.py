@@ -1,16 +1,25 @@
-"""SFT through Ray Train + DeepSpeed ZeRO-2 with 2 CPU workers (gloo), stopped and resumed from its checkpoint."""
+"""SFT through Ray Train + DeepSpeed ZeRO-2 with 2 workers on a cluster that declares GPUs it does not have:
+the workers hold GPU resources, fall back to CPU (gloo), and a stopped or killed run resumes to the weights of
+an uninterrupted one."""
 
 import os
+import signal
+import threading
+import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from llm_i2i.data import load_dataset, save_dataset
 from llm_i2i.llm.modeling import ModelConfig, load_checkpoint
 from llm_i2i.llm.sft import SFTConfig, run_sft
 
 REPO = Path(__file__).resolve().parents[2]
-pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
+BASE = dict(epochs=2, batch_size=32, lr=5e-3, warmup_steps=2, num_workers=2, zero_stage=2, eval_users=60,
+            checkpoint_every=2, patience=0)
+MODEL = dict(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, vocab_size=200)
 
 
 @pytest.fixture(scope="module")
@@ -19,26 +28,77 @@ def ray_cluster():
     import ray
 
     ext = os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions"))
-    ray.init(num_cpus=2, include_dashboard=False, address="local",
+    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, address="local",
              runtime_env={"env_vars": {"TORCH_EXTENSIONS_DIR": ext, "PYTHONPATH": str(REPO)}})
     yield
     ray.shutdown()
 
 
-def test_two_worker_deepspeed_zero2_trains_stops_and_resumes(ray_cluster, tmp_path):
-    data = tmp_path / "syn"
-    save_dataset(load_dataset(None, n_users=120, n_items=40, n_groups=4, seed=1), data)
-    base = dict(epochs=2, batch_size=32, lr=5e-3, warmup_steps=2, num_workers=2, zero_stage=2, eval_users=60,
-                checkpoint_every=2, model=ModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, vocab_size=200))
-    assert run_sft(SFTConfig(**base, stop_after_steps=1), data, tmp_path / "gen") is None
-    assert list((tmp_path / ".gen.resume" / "ray").rglob("checkpoint_*/state.json"))
-    out = run_sft(SFTConfig(**base), data, tmp_path / "gen")
-    _, _, manifest = load_checkpoint(out)
-    training = manifest["training"]
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ray_data") / "syn"
+    save_dataset(load_dataset(None, n_users=120, n_items=40, n_groups=4, seed=1), d)
+    return d
+
+
+def _run(data, out, **kw):
+    from ray_jobs.train_llm import RaySFTRunner
+
+    return run_sft(SFTConfig(**BASE, **kw, model=ModelConfig(**MODEL)), data, out, RaySFTRunner())
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(ray_cluster, data, tmp_path_factory):
+    return _run(data, tmp_path_factory.mktemp("ray_full") / "gen")
+
+
+def _assert_same_run(reference, resumed):
+    a, _, ma = load_checkpoint(reference)
+    b, _, mb = load_checkpoint(resumed)
+    torch.testing.assert_close(a.state_dict(), b.state_dict())
+    assert [h["train_loss"] for h in ma["training"]["history"]] == pytest.approx(
+        [h["train_loss"] for h in mb["training"]["history"]], rel=1e-5)
+    return mb["training"]
+
+
+def test_workers_hold_declared_gpus_and_fall_back_to_cpu(uninterrupted):
+    from ray.util.state import list_actors
+
+    training = load_checkpoint(uninterrupted)[2]["training"]
     assert training["deepspeed"] and training["zero_stage"] == 2 and training["num_workers"] == 2
-    assert training["resumed_from_epoch"] == 1
+    assert training["gpu_requested"] and training["device"] == "cpu"  # given a GPU CUDA cannot use
     hist = training["history"]
     assert [h["epoch"] for h in hist] == [1, 2] and all(h["world_size"] == 2 for h in hist)
     assert hist[-1]["train_loss"] < hist[0]["train_loss"]
-    assert 0 <= manifest["metrics"]["valid_recall@10"] <= 1
+    workers = list_actors(filters=[("class_name", "=", "RayTrainWorker")], detail=True)
+    assert len(workers) >= 2 and all(w.required_resources.get("GPU") == 1.0 for w in workers)
+
+
+def test_two_worker_deepspeed_zero2_stops_and_resumes_to_the_uninterrupted_weights(uninterrupted, data, tmp_path):
+    assert _run(data, tmp_path / "gen", stop_after_steps=3) is None
+    assert list((tmp_path / ".gen.resume" / "states").glob("state_*/COMPLETE.json"))
+    out = _run(data, tmp_path / "gen")
+    training = _assert_same_run(uninterrupted, out)
+    assert training["resumed_at_steps"] == [3]
+    assert 0 <= load_checkpoint(out)[2]["metrics"]["valid_recall@10"] <= 1
     assert not (tmp_path / ".gen.resume").exists()
+
+
+@pytest.mark.slow
+def test_a_killed_train_worker_is_restarted_and_resumes_to_the_uninterrupted_weights(uninterrupted, data, tmp_path):
+    """SIGKILL one Ray Train worker after the first committed resume state; Ray Train restarts the group, which
+    continues from the newest complete state."""
+    from ray.util.state import list_actors
+
+    result: dict = {}
+    fit = threading.Thread(target=lambda: result.update(out=_run(data, tmp_path / "gen")))
+    fit.start()
+    states, deadline = tmp_path / ".gen.resume" / "states", time.monotonic() + 600
+    while not list(states.glob("state_*/COMPLETE.json")):
+        assert fit.is_alive() and time.monotonic() < deadline, "the run ended before its first commit"
+        time.sleep(0.02)
+    alive = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")], detail=True)
+    os.kill(alive[-1].pid, signal.SIGKILL)
+    fit.join()
+    training = _assert_same_run(uninterrupted, result["out"])
+    assert training["resumed_at_steps"], "the restarted workers should have resumed from a committed state"

@@ -1,0 +1,75 @@
+"""The SFT stage's typed configuration, validated when loaded."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from llm_i2i.config import config_hash, to_dict
+from llm_i2i.llm.modeling import ModelConfig
+
+
+@dataclass
+class SFTConfig:
+    role: str = "generator"  # generator | discriminator
+    model: ModelConfig = field(default_factory=ModelConfig)
+    epochs: int = 5  # upper bound; `patience` stops earlier when validation stops improving
+    patience: int = 3  # epochs without a better validation metric before stopping (0: run every epoch)
+    lr: float = 3e-3  # paper: 5e-5 for a 7B base; a small scratch model needs far more
+    weight_decay: float = 0.0
+    warmup_steps: int = 30
+    min_lr_ratio: float = 0.1  # linear decay to lr * this at the last step
+    batch_size: int = 128  # paper: 16 (7B); examples per optimizer step over all workers
+    max_length: int = 64  # target tokens per generator training sequence; longer histories are chunked
+    max_history: int = 10  # items in inference prompts and discriminator training prompts
+    alpha: float = 4.0  # loss weight of long-tail targets (paper)
+    beta: float = 1.0  # loss weight of the other targets
+    long_tail_fraction: float = 0.2
+    neg_ratio: int = 1  # discriminator negatives per positive
+    positions_per_user: int = 1  # discriminator positives per user (always the last train transition)
+    hard_negatives: bool = False  # discriminator negatives from Swing neighbours of the user's last item
+    titles: bool = False  # put item titles in the prompts
+    num_workers: int = 1
+    use_ray: bool = False
+    use_deepspeed: bool = True  # on the Ray path
+    zero_stage: int = 2  # 0-2; ZeRO-3 is refused (see validate)
+    use_gpu: bool | None = None  # None: the Ray cluster's GPUs decide (in-process: whether CUDA is usable)
+    cpus_per_worker: float = 0.5  # CPUs each Ray Train worker requests
+    seed: int = 0
+    checkpoint_every: int = 200  # optimizer steps between committed resume states and progress reports
+    eval_users: int = 4000  # validation users for the per-epoch model selection (0: all)
+    eval_batch_size: int = 512
+    stop_after_steps: int | None = None  # stop this invocation after N steps, leaving the resume state
+    threads: int | None = None  # torch intra-op threads (None: torch default)
+
+    def validate(self) -> None:
+        if self.role not in ("generator", "discriminator"):
+            raise ValueError(f"sft.role must be generator|discriminator, got {self.role!r}")
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise ValueError("sft: epochs, batch_size and lr must be positive")
+        if self.patience < 0:
+            raise ValueError(f"sft.patience must be >= 0, got {self.patience}")
+        if self.alpha <= 0 or self.beta <= 0:
+            raise ValueError("sft: alpha and beta must be positive")
+        if self.zero_stage == 3:
+            # ZeRO-3 partitions the parameters themselves: the resume state and the final checkpoint read full
+            # weights from every rank's module, which under stage 3 holds empty shards.
+            raise ValueError("sft.zero_stage=3 is not supported (weights are partitioned; checkpoints need full "
+                             "weights); use 2, which partitions gradients and optimizer state")
+        if self.zero_stage not in (0, 1, 2):
+            raise ValueError(f"sft.zero_stage must be 0, 1 or 2, got {self.zero_stage}")
+        if self.num_workers < 1 or self.neg_ratio < 1 or self.positions_per_user < 1:
+            raise ValueError("sft: num_workers, neg_ratio and positions_per_user must be >= 1")
+        if self.cpus_per_worker <= 0 or self.checkpoint_every < 1:
+            raise ValueError("sft: cpus_per_worker and checkpoint_every must be positive")
+        self.model.validate()
+
+    @property
+    def distributed(self) -> bool:
+        return self.num_workers > 1 or self.use_ray
+
+    def run_hash(self) -> str:
+        """Hash of what determines the trained weights (not how often we checkpoint, when we stop, or where)."""
+        d = to_dict(self)
+        for k in ("stop_after_steps", "threads", "checkpoint_every", "eval_batch_size", "use_gpu", "cpus_per_worker"):
+            d.pop(k)
+        return config_hash(d)

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 import pyarrow as pa
 
 from llm_i2i.llm.inference import EngineSpec
-from llm_i2i.llm.sft import SFTRunner
+
+if TYPE_CHECKING:  # the SFT stack (torch, transformers) loads only where SFT runs
+    from llm_i2i.llm.sft import SFTRunner
 
 
 class BatchRunner(Protocol):

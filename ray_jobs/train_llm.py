@@ -27,6 +27,7 @@ T = TypeVar("T")
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
+    import ray
     import ray.train
     import torch
 
@@ -35,6 +36,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     job = SFTJob(**config["job"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    # what Ray gave rank 0, recorded in the checkpoint manifest (whether CUDA could use it is `training.device`)
+    job.manifest["ray_rank0"] = {"gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+                                 "node_id": ray.get_runtime_context().get_node_id()}
     if not job.config.get("threads"):
         torch.set_num_threads(max(1, (os.cpu_count() or 2) // world))
     train_worker(job, rank, world, report=ray.train.report)

@@ -284,3 +284,20 @@ def test_cli_sft_writes_checkpoint(dataset_dir, tmp_path):
     assert rc == 0
     manifest = json.loads((out / "llm_i2i_manifest.json").read_text())
     assert manifest["role"] == "generator" and manifest["sft_config"]["model"]["hidden_size"] == 32
+
+
+def test_pipeline_evaluation_runs_through_the_runner(generator_ckpt, dataset_dir):
+    """The evaluate stage loads the model where the runner says (a Ray worker on a cluster), not on the driver."""
+    from llm_i2i.llm.sft import LocalRunner
+    from llm_i2i.pipeline.stages import real_llm_ops
+
+    calls = []
+
+    class Recording(LocalRunner):
+        def call(self, fn, *args, **kwargs):
+            calls.append(fn.__name__)
+            return super().call(fn, *args, **kwargs)
+
+    ops = real_llm_ops(Recording())
+    m = ops.evaluate_generator(generator_ckpt, dataset_dir, EvalConfig(split="test", ks=(10,)), {"max_users": 50})
+    assert calls == ["evaluate_generator"] and m["users_evaluated"] == 50

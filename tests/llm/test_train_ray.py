@@ -62,16 +62,14 @@ def _assert_same_run(reference, resumed):
 
 
 def test_workers_hold_declared_gpus_and_fall_back_to_cpu(uninterrupted):
-    from ray.util.state import list_actors
-
-    training = load_checkpoint(uninterrupted)[2]["training"]
+    manifest = load_checkpoint(uninterrupted)[2]
+    assert len(manifest["ray_rank0"]["gpu_ids"]) == 1  # Ray gave the worker one of the declared GPUs
+    training = manifest["training"]
     assert training["deepspeed"] and training["zero_stage"] == 2 and training["num_workers"] == 2
     assert training["gpu_requested"] and training["device"] == "cpu"  # given a GPU CUDA cannot use
     hist = training["history"]
     assert [h["epoch"] for h in hist] == [1, 2] and all(h["world_size"] == 2 for h in hist)
     assert hist[-1]["train_loss"] < hist[0]["train_loss"]
-    workers = list_actors(filters=[("class_name", "=", "RayTrainWorker")], detail=True)
-    assert len(workers) >= 2 and all(w.required_resources.get("GPU") == 1.0 for w in workers)
 
 
 def test_two_worker_deepspeed_zero2_stops_and_resumes_to_the_uninterrupted_weights(uninterrupted, data, tmp_path):
@@ -88,7 +86,7 @@ def test_two_worker_deepspeed_zero2_stops_and_resumes_to_the_uninterrupted_weigh
 def test_a_killed_train_worker_is_restarted_and_resumes_to_the_uninterrupted_weights(uninterrupted, data, tmp_path):
     """SIGKILL one Ray Train worker after the first committed resume state; Ray Train restarts the group, which
     continues from the newest complete state."""
-    from ray.util.state import list_actors
+    import psutil
 
     result: dict = {}
     fit = threading.Thread(target=lambda: result.update(out=_run(data, tmp_path / "gen")))
@@ -97,8 +95,10 @@ def test_a_killed_train_worker_is_restarted_and_resumes_to_the_uninterrupted_wei
     while not list(states.glob("state_*/COMPLETE.json")):
         assert fit.is_alive() and time.monotonic() < deadline, "the run ended before its first commit"
         time.sleep(0.02)
-    alive = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")], detail=True)
-    os.kill(alive[-1].pid, signal.SIGKILL)
+    # this test's Ray cluster was started by this process, so its workers are among our descendants
+    workers = [p for p in psutil.Process().children(recursive=True) if "RayTrainWorker" in " ".join(p.cmdline())]
+    assert len(workers) == 2, [p.cmdline() for p in workers]
+    os.kill(workers[-1].pid, signal.SIGKILL)
     fit.join()
     training = _assert_same_run(uninterrupted, result["out"])
     assert training["resumed_at_steps"], "the restarted workers should have resumed from a committed state"

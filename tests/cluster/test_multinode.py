@@ -42,9 +42,12 @@ SFT_WORKER, INFERENCE_ACTOR = "RayTrainWorker", "EngineActor"
 
 @pytest.fixture
 def auth_env(tmp_path):
-    """Token auth on (Ray 2.60): every process of the cluster, the job client and the state CLI carry the token."""
+    """Token auth on (Ray 2.60): every process of the cluster, the job client and the state CLI carry the token.
+    Everything stays on 127.0.0.1: Ray would otherwise rewrite a 127.0.0.1 GCS address to the machine's external
+    IP (`resolve_ip_for_localhost`), where this cluster does not listen; the flag below keeps the loopback."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32), PYTHONPATH=str(REPO),
+               RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
                TORCH_EXTENSIONS_DIR=str(REPO / ".cache" / "torch_extensions"))
     return env
 

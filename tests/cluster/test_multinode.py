@@ -77,9 +77,11 @@ def submit(env, dashboard: str, *pipeline_args: str) -> tuple[str, str]:
     runtime_env = json.dumps({"env_vars": {"PYTHONPATH": str(REPO)}})
     ray_cli(env, "job", "submit", "--address", dashboard, "--submission-id", job, "--runtime-env-json", runtime_env,
             "--", sys.executable, "-m", "ray_jobs.pipeline", *pipeline_args, check=False)
-    status = ray_cli(env, "job", "status", "--address", dashboard, job).stdout
-    logs = ray_cli(env, "job", "logs", "--address", dashboard, job).stdout
-    return next(s for s in ("SUCCEEDED", "FAILED", "STOPPED", "RUNNING", "PENDING") if s in status), logs
+    status = ray_cli(env, "job", "status", "--address", dashboard, job)  # the CLI reports on stderr
+    logs = ray_cli(env, "job", "logs", "--address", dashboard, job)
+    said = status.stdout + status.stderr
+    final = next((s for s in ("SUCCEEDED", "FAILED", "STOPPED", "RUNNING", "PENDING") if s in said), said)
+    return final, logs.stdout + logs.stderr
 
 
 def state(env, dashboard: str, kind: str) -> list[dict]:

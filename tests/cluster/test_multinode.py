@@ -80,7 +80,7 @@ def submit(env, dashboard: str, *pipeline_args: str) -> tuple[str, str]:
     status = ray_cli(env, "job", "status", "--address", dashboard, job)  # the CLI reports on stderr
     logs = ray_cli(env, "job", "logs", "--address", dashboard, job)
     said = status.stdout + status.stderr
-    final = next((s for s in ("SUCCEEDED", "FAILED", "STOPPED", "RUNNING", "PENDING") if s in said), said)
+    final = next((s for s in ("SUCCEEDED", "FAILED", "STOPPED", "RUNNING", "PENDING") if s.lower() in said.lower()), said)
     return final, logs.stdout + logs.stderr
 
 

@@ -62,6 +62,12 @@ def clear_stale_build_locks(ext_dir: str | Path, idle_seconds: float = BUILD_LOC
     return removed
 
 
+def nccl_available() -> bool:
+    import torch.distributed
+
+    return torch.distributed.is_nccl_available()
+
+
 def cluster_gpus() -> float:
     import ray
 
@@ -103,7 +109,8 @@ class RaySFTRunner:
             train_loop_per_worker,
             train_loop_config={"job": dataclasses.asdict(job)},
             # gloo carries CPU tensors, so a worker whose GPU turns out unusable still joins the group
-            torch_config=TorchConfig(backend="cpu:gloo,cuda:nccl" if use_gpu else "gloo"),
+            # (a torch built without NCCL, e.g. the CPU wheel under declared GPUs, gets gloo alone)
+            torch_config=TorchConfig(backend="cpu:gloo,cuda:nccl" if use_gpu and nccl_available() else "gloo"),
             scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu,
                                          resources_per_worker={"CPU": cfg.cpus_per_worker}),
             run_config=RunConfig(name=f"sft_{job.run_key}_{time.time_ns()}",

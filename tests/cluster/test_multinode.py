@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -89,6 +90,12 @@ def state(env, dashboard: str, kind: str) -> list[dict]:
     return json.loads(out.stdout)
 
 
+def gpus_held(required: dict[str, float]) -> float:
+    """GPUs an actor holds: `GPU`, or inside a placement group (Ray Train) its bundle's `GPU_group_<i>_<pg>`."""
+    bundle = [v for k, v in required.items() if re.fullmatch(r"GPU_group_\d+_\w+", k)]
+    return bundle[0] if bundle else required.get("GPU", 0.0)
+
+
 def metrics_of(report_path: Path) -> dict:
     report = json.loads(report_path.read_text())
     return {k: report[k] for k in METRIC_KEYS}
@@ -132,7 +139,7 @@ def run_on_cluster_and_alone(tmp_path, env, cluster, config: dict, expected: dic
     for kind, group in placed.items():
         for a in group:
             assert a["node_id"] in gpu_nodes, f"{kind} {a['actor_id']} ran on {a['node_id']}, not a GPU node"
-            assert a["required_resources"].get("GPU") == 1.0, f"{kind} {a['actor_id']} held {a['required_resources']}"
+            assert gpus_held(a["required_resources"]) == 1.0, f"{kind} {a['actor_id']} held {a['required_resources']}"
     assert not [a for g in placed.values() for a in g if a["node_id"] in head]  # the head ran none of them
     assert {a["node_id"] for a in placed[INFERENCE_ACTOR]} == gpu_nodes  # both GPU nodes did inference work
     return {"cluster_seconds": cluster_seconds, "alone_seconds": alone_seconds}

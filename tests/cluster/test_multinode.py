@@ -124,7 +124,8 @@ def run_on_cluster_and_alone(tmp_path, env, cluster, config: dict, expected: dic
     gpu_nodes = {n["node_id"] for n in nodes if n["resources_total"].get("GPU", 0) >= 1}
     assert len(head) == 1 and len(gpu_nodes) == 2 and not head & gpu_nodes
     actors = state(env, cluster["dashboard"], "actors")
-    placed = {kind: [a for a in actors if kind in a["class_name"]] for kind in (INFERENCE_ACTOR, SFT_WORKER)}
+    # actors that ran (Ray Data may also ask for spare actors it cancels before any node is chosen)
+    placed = {kind: [a for a in actors if kind in a["class_name"] and a["node_id"]] for kind in (INFERENCE_ACTOR, SFT_WORKER)}
     print(f"placement: { {k: [(a['node_id'][:8], a['required_resources']) for a in v] for k, v in placed.items()} }")
 
     # the same config through the single-process command (a local Ray with no GPU declared)

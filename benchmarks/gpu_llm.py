@@ -25,6 +25,7 @@ from benchmarks.llm_inference import throughput_table
 from llm_i2i.llm.discriminate import DiscriminateConfig, run_discriminate
 from llm_i2i.llm.generate import GenerateConfig, run_generate
 from llm_i2i.progress import setup_logging
+from ray_jobs.batch_inference import map_with_engine
 
 
 def gpu_name() -> str:
@@ -50,10 +51,11 @@ def run_engine(engine: str, args: argparse.Namespace, tmp: Path) -> dict:
     try:
         g = run_generate(GenerateConfig(engine=engine, engine_options=opts, recall_number=args.recall,
                                         batch_size=args.batch_size, num_actors=0, max_users=args.users),
-                         args.checkpoint, args.data, tmp / f"cand_{engine}.parquet")
+                         args.checkpoint, args.data, tmp / f"cand_{engine}.parquet", map_with_engine)
         d = run_discriminate(DiscriminateConfig(engine=engine, engine_options=opts, batch_size=args.batch_size,
                                                 num_actors=0),
-                             args.checkpoint, args.data, tmp / f"cand_{engine}.parquet", tmp / f"scored_{engine}.parquet")
+                             args.checkpoint, args.data, tmp / f"cand_{engine}.parquet", tmp / f"scored_{engine}.parquet",
+                             map_with_engine)
     finally:
         gc.collect()
         torch.cuda.empty_cache()

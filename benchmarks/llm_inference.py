@@ -23,6 +23,8 @@ from llm_i2i.data import load_dataset, save_dataset
 from llm_i2i.llm.discriminate import DiscriminateConfig, run_discriminate
 from llm_i2i.llm.generate import GenerateConfig, run_generate
 from llm_i2i.progress import log, setup_logging
+from llm_i2i.raycluster import init_ray
+from ray_jobs.batch_inference import map_with_engine
 
 
 def build_checkpoint(items, out: Path) -> str:
@@ -87,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     cpus = os.cpu_count() or 2
-    ray.init(address="local", num_cpus=cpus, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    init_ray("local", num_cpus=cpus)  # a measurement: never a cluster that RAY_ADDRESS may name
     ds = load_dataset(args.data)
     res: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -99,10 +101,10 @@ def main(argv: list[str] | None = None) -> int:
             gcfg = GenerateConfig(recall_number=args.recall, batch_size=args.batch_size, max_users=args.users, **opts)
             t0 = time.perf_counter()
             try:
-                g = run_generate(gcfg, tmp / "ckpt", data_dir, tmp / f"cand_{len(res)}.parquet")
+                g = run_generate(gcfg, tmp / "ckpt", data_dir, tmp / f"cand_{len(res)}.parquet", map_with_engine)
                 dcfg = DiscriminateConfig(batch_size=args.batch_size * 2, **opts)
                 d = run_discriminate(dcfg, tmp / "ckpt", data_dir, tmp / f"cand_{len(res)}.parquet",
-                                     tmp / f"scored_{len(res)}.parquet")
+                                     tmp / f"scored_{len(res)}.parquet", map_with_engine)
             except Exception as e:  # noqa: BLE001 - a variant that cannot run is recorded, not fatal
                 log.exception(f"{name} failed")
                 res[name] = {"error": f"{type(e).__name__}: {e}"}

@@ -104,9 +104,12 @@ def render(all_results: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     from llm_i2i.config import load_config
     from llm_i2i.pipeline.config import PipelineConfig
-    from llm_i2i.pipeline.jobs import init_ray, ray_map
+    from llm_i2i.pipeline.jobs import ray_map
     from llm_i2i.pipeline.runner import run_pipeline
+    from llm_i2i.pipeline.stages import real_llm_ops
     from llm_i2i.progress import setup_logging
+    from llm_i2i.raycluster import init_ray
+    from ray_jobs.runners import ray_runners
 
     setup_logging()
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -120,9 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     config = args.config or str(REPO / "configs" / ("toys.yaml" if name.startswith("Toys") else "beauty.yaml"))
     out = args.out or str(REPO / "out" / "paper" / name)
     cfg = load_config(PipelineConfig, config, [*args.set, f"data={args.data}"])
-    init_ray(cfg)
+    init_ray(cfg.ray_address, num_cpus=cfg.num_cpus)
     t0 = time.perf_counter()
-    report = run_pipeline(cfg, out, map_fn=ray_map(cfg.cpus_per_fit))
+    report = run_pipeline(cfg, out, real_llm_ops(ray_runners()), map_fn=ray_map(cfg.cpus_per_fit))
     wall = time.perf_counter() - t0
     plots = []
     for png in report.get("plots", []):

@@ -364,14 +364,12 @@ def start_ray(cfg: Any, extra_replicas: int = 0) -> None:
     """A local Ray cluster for `cfg` (its ingress environment and admin token variable set before it starts). Logical
     CPUs are scheduling tokens (Ray pins nothing): enough for every replica's share on a 2-core machine, or the last
     app never gets scheduled."""
-    import ray
-
+    from llm_i2i.raycluster import init_ray
     from serve_apps.i2i_app import ray_env
 
     os.environ.update({**ray_env(cfg), cfg.admin_token_env: TOKEN})
     replicas_total = cfg.replicas + extra_replicas
-    ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(cfg.replica_cpus * replicas_total)), include_dashboard=False,
-             address="local", log_to_driver=False)
+    init_ray("local", num_cpus=max(os.cpu_count() or 1, math.ceil(cfg.replica_cpus * replicas_total)))
 
 
 def app_urls(cfg: Any, apps: dict[str, int]) -> dict[str, list[str]]:

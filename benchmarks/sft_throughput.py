@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from benchmarks._common import DEFAULT_LOCK, LOCK_ENV, provenance, run_locked, run_record, write_result
 from llm_i2i.data import long_tail_mask
 from llm_i2i.data.sequences import Sequences
-from llm_i2i.llm.losses import SFTObjective, generator_loss, position_weights
+from llm_i2i.llm.losses import generator_loss
 from llm_i2i.llm.modeling import build_model
 from llm_i2i.llm.scoring import decoder_of
 from llm_i2i.llm.sft_config import SFTConfig

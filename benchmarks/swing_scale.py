@@ -133,9 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     from llm_i2i.progress import setup_logging
+    from llm_i2i.raycluster import init_ray
 
     setup_logging()
-    ray.init(num_cpus=2, include_dashboard=False, address="local", _node_ip_address="127.0.0.1", log_to_driver=False)
+    init_ray("local", num_cpus=2)
     rows = []
     t_all = time.perf_counter()
     try:

@@ -2,8 +2,10 @@
 
 The per-batch work is a plain function `batch_fn(engine, batch: pa.Table, **kwargs) -> pa.Table`
 (`generate_batch`, `discriminate_batch`); this module only moves batches: `from_arrow` ->
-`map_batches(EngineActor, concurrency=num_actors, num_cpus=actor_num_cpus)` -> stream the results into a
-Parquet file written atomically, logging rows/s and ETA. `num_actors=0` runs the same function in this
+`map_batches(EngineActor, concurrency=num_actors, num_cpus=actor_num_cpus, num_gpus=...)` -> stream the
+results into a Parquet file written atomically, logging rows/s and ETA. `map_with_engine` is the library's
+`BatchRunner` (`llm_i2i.llm.runners`). GPUs per actor are declared (config `num_gpus`), defaulting to 1 when
+the cluster declares GPUs, never read from the driver's CUDA. `num_actors=0` runs the same function in this
 process without Ray: the in-process reference the benchmark and tests compare against.
 
 Failure limits: rows that come back with `error` set are counted; once more than `max_error_fraction` of the
@@ -18,7 +20,6 @@ from __future__ import annotations
 import collections
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,7 +27,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from llm_i2i.io import atomic_path
+from llm_i2i.llm.inference import EngineSpec
 from llm_i2i.progress import Progress, log
+from llm_i2i.raycluster import gpus_per_actor, init_ray
 
 MAX_ACTOR_RESTARTS = 3
 MAX_TASK_RETRIES = 2
@@ -36,38 +39,18 @@ class ErrorBudgetExceeded(RuntimeError):
     """Too many rows errored for the output to be worth keeping."""
 
 
-@dataclass
-class EngineSpec:
-    """How an actor builds its engine: `make_engine(kind, checkpoint_dir, **options)`."""
-
-    kind: str
-    checkpoint_dir: str
-    options: dict[str, Any] = field(default_factory=dict)
-
-    def build(self):
-        from llm_i2i.llm.inference import make_engine
-
-        return make_engine(self.kind, self.checkpoint_dir, **self.options)
-
-
 class EngineActor:
-    """Ray Data callable class: loads the checkpoint once, then applies `batch_fn` to every batch."""
+    """Ray Data callable class: loads the checkpoint once (on the GPU Ray assigned it, if any), then applies
+    `batch_fn` to every batch."""
 
     def __init__(self, spec: EngineSpec, batch_fn: Callable[..., pa.Table], batch_kwargs: dict[str, Any]):
-        self.engine = spec.build()
+        import ray
+
+        self.engine = spec.build(gpu_assigned=bool(ray.get_gpu_ids()))
         self.batch_fn, self.batch_kwargs = batch_fn, batch_kwargs
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return self.batch_fn(self.engine, batch, **self.batch_kwargs)
-
-
-def ensure_ray(num_cpus: int | None = None) -> None:
-    """Use the connected Ray cluster, or start a local one bound to 127.0.0.1."""
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
-                 log_to_driver=False)
 
 
 def _batches_in_process(table: pa.Table, spec: EngineSpec, batch_fn, batch_kwargs, batch_size: int):
@@ -77,16 +60,16 @@ def _batches_in_process(table: pa.Table, spec: EngineSpec, batch_fn, batch_kwarg
 
 
 def _batches_on_ray(table: pa.Table, spec: EngineSpec, batch_fn, batch_kwargs, num_actors: int,
-                    actor_num_cpus: float, batch_size: int):
+                    actor_num_cpus: float, num_gpus: float, batch_size: int):
     import ray
 
-    ensure_ray()
     # one block per batch so every actor gets work from the start; order is kept for reproducible files
     ds = ray.data.from_arrow(table).repartition(max(1, math.ceil(table.num_rows / batch_size)))
     ds.context.execution_options.preserve_order = True
     ds = ds.map_batches(
         EngineActor, fn_constructor_kwargs=dict(spec=spec, batch_fn=batch_fn, batch_kwargs=batch_kwargs),
-        concurrency=num_actors, num_cpus=actor_num_cpus, batch_size=batch_size, batch_format="pyarrow",
+        concurrency=num_actors, num_cpus=actor_num_cpus, num_gpus=num_gpus, batch_size=batch_size,
+        batch_format="pyarrow",
         max_restarts=MAX_ACTOR_RESTARTS, max_task_retries=MAX_TASK_RETRIES,  # ray_remote_args of the actors
     )
     yield from ds.iter_batches(batch_size=None, batch_format="pyarrow")
@@ -94,8 +77,9 @@ def _batches_on_ray(table: pa.Table, spec: EngineSpec, batch_fn, batch_kwargs, n
 
 def map_with_engine(table: pa.Table, batch_fn: Callable[..., pa.Table], batch_kwargs: dict[str, Any],
                     spec: EngineSpec, schema: pa.Schema, out_path: str | Path, *, num_actors: int,
-                    actor_num_cpus: float, batch_size: int, units_of: Callable[[pa.Table], int] | None = None,
-                    max_error_fraction: float, desc: str = "inference", unit: str = "rows") -> dict[str, Any]:
+                    actor_num_cpus: float, num_gpus: float | None = None, batch_size: int,
+                    units_of: Callable[[pa.Table], int] | None = None, max_error_fraction: float = 1.0,
+                    desc: str = "inference", unit: str = "rows") -> dict[str, Any]:
     """Apply `batch_fn` to every batch of `table` and write the concatenated output to `out_path`.
 
     Output batches must follow `schema` and carry an `error` column (null = ok); errors are counted by
@@ -105,9 +89,15 @@ def map_with_engine(table: pa.Table, batch_fn: Callable[..., pa.Table], batch_kw
     `table` are assumed 1:1 with output rows).
     """
     units_of = units_of or (lambda b: b.num_rows)
-    batches = (_batches_in_process(table, spec, batch_fn, batch_kwargs, batch_size) if num_actors == 0 else
-               _batches_on_ray(table, spec, batch_fn, batch_kwargs, num_actors, actor_num_cpus, batch_size))
-    where = "in-process" if num_actors == 0 else f"{num_actors} Ray actor(s) x {actor_num_cpus} CPU"
+    if num_actors == 0:
+        batches = _batches_in_process(table, spec, batch_fn, batch_kwargs, batch_size)
+        where = "in-process"
+    else:
+        init_ray()
+        num_gpus = gpus_per_actor(num_gpus)
+        batches = _batches_on_ray(table, spec, batch_fn, batch_kwargs, num_actors, actor_num_cpus, num_gpus,
+                                  batch_size)
+        where = f"{num_actors} Ray actor(s) x {actor_num_cpus} CPU x {num_gpus:g} GPU"
     log.info(f"{desc}: {table.num_rows} {unit} through {spec.kind} engine on {where}, batch {batch_size}")
     progress = Progress(table.num_rows, desc, unit)
     rows_out, errors = 0, collections.Counter()

@@ -3,7 +3,7 @@
     ray job submit --working-dir . -- python -m ray_jobs.prepare --config configs/quickstart.yaml --out out/run
 """
 
-from llm_i2i.pipeline.jobs import stage_main
+from ray_jobs.runners import stage_main
 
 if __name__ == "__main__":
     raise SystemExit(stage_main("prepare"))

@@ -3,9 +3,7 @@
     ray job submit --working-dir . -- python -m ray_jobs.sft_discriminator --config configs/quickstart.yaml --out out/run
 """
 
-from llm_i2i.pipeline.jobs import stage_main
-from llm_i2i.pipeline.stages import real_llm_ops
-from ray_jobs.train_llm import RaySFTRunner
+from ray_jobs.runners import stage_main
 
 if __name__ == "__main__":
-    raise SystemExit(stage_main("sft_discriminator", ops=real_llm_ops(RaySFTRunner())))
+    raise SystemExit(stage_main("sft_discriminator"))

@@ -28,6 +28,7 @@ from llm_i2i.i2i.swing import SwingConfig, SwingGraph, SwingScratch, build_graph
 from llm_i2i.i2i.swing_shards import chunk_ranges, plan_shards
 from llm_i2i.io import atomic_dir, atomic_path, sha256_file, write_json
 from llm_i2i.progress import log
+from llm_i2i.raycluster import init_ray
 
 GRAPH_ARRAYS = ("user_indptr", "user_items", "item_indptr", "item_users", "user_weight")
 
@@ -227,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--chunk-items", type=int, default=8192)
     p.add_argument("--num-cpus", type=int, default=None, help="local cluster size (default: all cores)")
-    p.add_argument("--address", default="local", help="Ray address ('local' starts one on 127.0.0.1)")
+    p.add_argument("--address", help="Ray address ('auto' joins a running cluster); default: RAY_ADDRESS, else a "
+                                     "local Ray on 127.0.0.1")
     args = p.parse_args(argv)
     if args.shards < 1:
         p.error("--shards must be >= 1")
@@ -240,8 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     graph = build_graph(seqs, cfg)
     started = not ray.is_initialized()
     if started:
-        ray.init(address=args.address, num_cpus=args.num_cpus, include_dashboard=False,
-                 _node_ip_address="127.0.0.1" if args.address == "local" else None)
+        init_ray(args.address, num_cpus=args.num_cpus)
     try:
         stats = run_sharded_swing(graph, seqs.item_ids, args.shards, args.out, cfg.k, cfg.alpha2,
                                   chunk_items=args.chunk_items,

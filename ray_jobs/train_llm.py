@@ -89,19 +89,14 @@ class RaySFTRunner:
         self.eval_cpus = eval_cpus
 
     def _ensure_ray(self) -> str:
-        import ray
-
         from llm_i2i.progress import log
+        from llm_i2i.raycluster import init_ray
 
         ext_dir = os.environ.get("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions"))
         for lock in clear_stale_build_locks(ext_dir):
             log.warning(f"removed stale build lock {lock} (no build activity for {BUILD_LOCK_IDLE_SECONDS:.0f} s; "
                         "a killed compile left it)")
-        if not ray.is_initialized():
-            address = os.environ.get("RAY_ADDRESS", "local")
-            kw = dict(num_cpus=max(2, os.cpu_count() or 2)) if address == "local" else {}
-            ray.init(address=address, include_dashboard=False, **kw,
-                     runtime_env={"env_vars": {"TORCH_EXTENSIONS_DIR": ext_dir, "PYTHONPATH": str(REPO)}})
+        init_ray(runtime_env={"env_vars": {"TORCH_EXTENSIONS_DIR": ext_dir, "PYTHONPATH": str(REPO)}})
         return ext_dir
 
     def train(self, job, cfg) -> None:

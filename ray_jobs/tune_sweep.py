@@ -10,13 +10,15 @@ import argparse
 import os
 
 from llm_i2i.io import write_json, write_parquet, write_text
+from llm_i2i.pipeline.stages import real_llm_ops
 from llm_i2i.pipeline.tune import OBJECTIVE, load_sweep, prepare_generators, summarize, trial_metrics
 from llm_i2i.progress import log, setup_logging
+from llm_i2i.raycluster import init_ray
+from ray_jobs.runners import ray_runners
 
 
 def main(argv: list[str] | None = None) -> int:
     import pyarrow as pa
-    import ray
     from ray import tune
 
     setup_logging()
@@ -24,13 +26,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", help="sweep YAML (SweepConfig fields)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--out", required=True, help="directory for results.parquet / results.md / best.json")
+    p.add_argument("--address", help="Ray address; default: RAY_ADDRESS or a local Ray")
     args = p.parse_args(argv)
     sweep = load_sweep(args.config, args.set)
-    data_dir, scored = prepare_generators(sweep)
-    if not ray.is_initialized():
-        address = os.environ.get("RAY_ADDRESS")
-        ray.init(address=address, log_to_driver=False) if address else ray.init(
-            address="local", include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    init_ray(args.address)
+    data_dir, scored = prepare_generators(sweep, real_llm_ops(ray_runners()))
 
     def trainable(params: dict) -> None:
         tune.report(trial_metrics(params, data_dir, scored[params["generator"]], sweep.eval_preset))

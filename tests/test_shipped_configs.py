@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from llm_i2i.config import from_dict, load_config
+from llm_i2i.config import load_config
 from llm_i2i.i2i import make_backbone
 from llm_i2i.pipeline.config import PipelineConfig
 from llm_i2i.pipeline.tune import load_sweep

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from llm_i2i.commands._common import load_command_config
-from llm_i2i.commands.generate import add_inference_arguments, report
+from llm_i2i.commands.generate import add_inference_arguments, batch_runner, report
 
 NAME = "discriminate"
 HELP = "add a confidence column (P(Yes)) to a Parquet file of (user_id, item_id[, position]) pairs"
@@ -21,4 +21,5 @@ def run(args: argparse.Namespace) -> int:
     from llm_i2i.llm.discriminate import DiscriminateConfig, run_discriminate
 
     cfg = load_command_config(DiscriminateConfig, args, args.command)
-    return report(run_discriminate(cfg, args.checkpoint, args.data, args.pairs, args.out))
+    runner = batch_runner(cfg, args, args.checkpoint, args.data, args.pairs, args.out)
+    return report(run_discriminate(cfg, args.checkpoint, args.data, args.pairs, args.out, runner))

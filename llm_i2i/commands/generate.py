@@ -19,6 +19,21 @@ def add_inference_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output Parquet file")
     p.add_argument("--config", help="YAML with the config's fields (top level, or under a section named like the command)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field (repeatable)")
+    p.add_argument("--address", help="Ray address ('auto' = running cluster); default: RAY_ADDRESS or a local Ray")
+    p.add_argument("--shared-storage", action="store_true",
+                   help="--checkpoint/--data/--out are on a mount every node sees (required on a multi-node cluster)")
+
+
+def batch_runner(cfg, args: argparse.Namespace, *paths: str):
+    """The Ray batch runner, with Ray joined (`--address` / RAY_ADDRESS) unless the config runs in-process."""
+    from llm_i2i.raycluster import check_storage_root, init_ray
+    from ray_jobs.batch_inference import map_with_engine
+
+    if cfg.num_actors > 0:
+        init_ray(args.address)
+        for path in paths:
+            check_storage_root(path, args.shared_storage)
+    return map_with_engine
 
 
 def report(stats: dict) -> int:
@@ -36,4 +51,5 @@ def run(args: argparse.Namespace) -> int:
     from llm_i2i.llm.generate import GenerateConfig, run_generate
 
     cfg = load_command_config(GenerateConfig, args, args.command)
-    return report(run_generate(cfg, args.checkpoint, args.data, args.out))
+    runner = batch_runner(cfg, args, args.checkpoint, args.data, args.out)
+    return report(run_generate(cfg, args.checkpoint, args.data, args.out, runner))

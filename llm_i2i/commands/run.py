@@ -18,17 +18,14 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from llm_i2i.pipeline.artifacts import ArtifactStore
-    from llm_i2i.pipeline.jobs import init_ray, pipeline_config, ray_map
-    from llm_i2i.pipeline.runner import run_pipeline
-    from llm_i2i.pipeline.stages import real_llm_ops
-    from ray_jobs.train_llm import RaySFTRunner
+    from llm_i2i.pipeline.jobs import pipeline_config
+    from ray_jobs.runners import run_pipeline_job
 
     quickstart = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
     if args.config is None and quickstart.exists():  # a source checkout; an installed wheel uses the defaults
         args.config = str(quickstart)
     cfg = pipeline_config(args)
     with ArtifactStore(args.out).locked():  # before Ray starts: a second run on this --out stops at once
-        init_ray(cfg, args.address)
-        run_pipeline(cfg, args.out, real_llm_ops(RaySFTRunner()), map_fn=ray_map(cfg.cpus_per_fit))
+        run_pipeline_job(cfg, args.out, args.address)
     print(f"\nreport: {args.out}/report.md (json: {args.out}/report.json, plots: {args.out}/plots/)")
     return 0

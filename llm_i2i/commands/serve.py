@@ -19,6 +19,7 @@ from llm_i2i.commands._common import load_command_config
 from llm_i2i.index.service import ServeConfig, read_admin_token
 from llm_i2i.index.store import load_index
 from llm_i2i.progress import log
+from llm_i2i.raycluster import LOCAL, init_ray, resolve_address
 
 NAME = "serve"
 HELP = "serve an I2I index over HTTP (Ray Serve): /similar, /recommend, /healthz, /version"
@@ -36,7 +37,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--admin-token-env",
                    help="environment variable the replicas read the admin token from (default LLM_I2I_ADMIN_TOKEN; "
                         "unset: POST /admin/swap disabled); the token itself never enters the Serve config")
-    p.add_argument("--address", default="local", help="Ray cluster address ('local' starts one; 'auto' joins the running one)")
+    p.add_argument("--address", help="Ray cluster address ('auto' joins the running one); default: RAY_ADDRESS, "
+                                     "else a local Ray on 127.0.0.1")
     p.add_argument("--detach", action="store_true", help="return after deploying instead of serving until Ctrl-C")
 
 
@@ -57,16 +59,14 @@ def run(args: argparse.Namespace) -> int:
     index = load_index(cfg.index_dir)  # refuse a corrupt index here, with the loader's message, before deploying
     log.info(f"index {index.version} ({index.n_items} items, K={index.k}, backbone {index.manifest.get('backbone')})")
 
-    import ray
     from ray import serve
 
     from serve_apps.i2i_app import deploy, ray_env, replica_urls
 
-    if args.address == "local":
+    local = resolve_address(args.address) == LOCAL
+    if local:
         os.environ.update(ray_env(cfg))  # the local cluster's processes inherit it (and the admin token variable)
-        ray.init(address="local", include_dashboard=False)
-    else:
-        ray.init(address=args.address)
+    init_ray(args.address)
     deploy(cfg)
     log.info(f"serving on http://{cfg.host}:{cfg.port} ({cfg.replicas} replica(s)); "
              f"admin swap {'enabled' if read_admin_token(cfg) else 'disabled'} here (${cfg.admin_token_env})")
@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         log.info(f"direct ingress, no proxy hop: replicas at {', '.join(replica_urls(cfg.host))} "
                  f"(the proxy on port {cfg.port} also answers)")
     if args.detach:
-        if args.address == "local":
+        if local:
             log.warning("--detach with --address local: the local cluster stops when this process exits")
         return 0
     try:

@@ -20,7 +20,8 @@ import pyarrow.parquet as pq
 
 from llm_i2i.llm.generate import (DEFAULT_MAX_ERROR_FRACTION, HISTORY, SPLITS, call_per_row_on_failure,
                                   check_error_fraction, check_history, engine_spec, split_sequences)
-from llm_i2i.llm.inference import ENGINES, InferenceEngine
+from llm_i2i.llm.engine import ENGINES, InferenceEngine
+from llm_i2i.llm.runners import BatchRunner
 
 POSITION = "position"  # optional input column: index of a real interaction in the user's full sequence
 REQUIRED = ("user_id", "item_id")
@@ -32,6 +33,7 @@ class DiscriminateConfig:
     batch_size: int = 128  # pairs per engine call
     num_actors: int = 1  # Ray Data actors; 0 = in this process without Ray
     actor_num_cpus: float = 1.0
+    num_gpus: float | None = None  # GPUs per actor; None = 1 if the Ray cluster declares GPUs, else 0
     torch_threads: int = 0  # intra-op threads per actor; 0 = torch default
     engine_options: dict[str, Any] = field(default_factory=dict)  # passed to the engine's constructor
     history_len: int = 10  # most recent items shown in the prompt
@@ -44,6 +46,8 @@ class DiscriminateConfig:
             raise ValueError(f"engine must be one of {ENGINES}, got {self.engine!r}")
         if self.history_len < 1 or self.batch_size < 1 or self.num_actors < 0 or self.actor_num_cpus <= 0:
             raise ValueError("history_len >= 1, batch_size >= 1, num_actors >= 0, actor_num_cpus > 0 are required")
+        if self.num_gpus is not None and self.num_gpus < 0:
+            raise ValueError(f"num_gpus must be >= 0 (or unset: from the cluster), got {self.num_gpus}")
         if self.split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {self.split!r}")
 
@@ -118,10 +122,9 @@ def discriminate_batch(engine: InferenceEngine, batch: pa.Table, history_len: in
 
 
 def run_discriminate(cfg: DiscriminateConfig, checkpoint_dir: str | Path, dataset_dir: str | Path,
-                     pairs_path: str | Path, out_path: str | Path) -> dict[str, Any]:
+                     pairs_path: str | Path, out_path: str | Path, runner: BatchRunner) -> dict[str, Any]:
     """Score every pair of the Parquet file `pairs_path`; write it back with `confidence` and `error`."""
     from llm_i2i.data import load_dataset
-    from ray_jobs.batch_inference import map_with_engine
 
     cfg.validate()
     t0 = time.perf_counter()
@@ -133,10 +136,10 @@ def run_discriminate(cfg: DiscriminateConfig, checkpoint_dir: str | Path, datase
     except ValueError as e:
         raise ValueError(f"{pairs_path}: {e}") from e
     spec = engine_spec(cfg, checkpoint_dir, ds.items)
-    run = map_with_engine(requests, discriminate_batch, dict(history_len=cfg.history_len), spec,
-                          output_schema(requests.schema), out_path, num_actors=cfg.num_actors,
-                          actor_num_cpus=cfg.actor_num_cpus, batch_size=cfg.batch_size,
-                          max_error_fraction=cfg.max_error_fraction, desc="discriminate", unit="pairs")
+    run = runner(requests, discriminate_batch, dict(history_len=cfg.history_len), spec,
+                 output_schema(requests.schema), out_path, num_actors=cfg.num_actors,
+                 actor_num_cpus=cfg.actor_num_cpus, num_gpus=cfg.num_gpus, batch_size=cfg.batch_size,
+                 max_error_fraction=cfg.max_error_fraction, desc="discriminate", unit="pairs")
     return {
         "pairs_in": pairs.num_rows,
         "rows_out": run["rows_out"],

@@ -1,7 +1,8 @@
 """Synthesise interactions: each user's most recent items -> the generator's top-N next items.
 
 `generate_batch` is the plain core (one engine, one Arrow batch, no Ray); `run_generate` streams all
-users through Ray Data actors (`ray_jobs.batch_inference`) and writes `candidates.parquet` atomically.
+users through the batch runner it is given (`ray_jobs.batch_inference.map_with_engine`: Ray Data actors)
+and writes `candidates.parquet` atomically.
 Bad rows (no history, item ids the checkpoint does not know) become one row with `error` set; they are
 counted, never fatal. Over-long histories are truncated to the `history_len` most recent items.
 """
@@ -17,7 +18,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from llm_i2i.llm.inference import ENGINES, InferenceEngine
+from llm_i2i.llm.engine import ENGINES, InferenceEngine
+from llm_i2i.llm.inference import EngineSpec
+from llm_i2i.llm.runners import BatchRunner
 
 CANDIDATES_SCHEMA = pa.schema(
     [
@@ -44,6 +47,7 @@ class GenerateConfig:
     batch_size: int = 64  # users per engine call
     num_actors: int = 1  # Ray Data actors; 0 = run in this process without Ray (reference / debugging)
     actor_num_cpus: float = 1.0  # fractional CPUs per actor (Ray Data needs < 1 on a 2-core box)
+    num_gpus: float | None = None  # GPUs per actor; None = 1 if the Ray cluster declares GPUs, else 0
     torch_threads: int = 0  # intra-op threads per actor; 0 = torch default
     engine_options: dict[str, Any] = field(default_factory=dict)  # e.g. {device: cuda, dtype: bfloat16} or vLLM args
     split: str = "train"  # which history to condition on: 'train' (items[:-2]), 'train_valid', 'full'
@@ -60,6 +64,8 @@ class GenerateConfig:
             raise ValueError(f"engine must be one of {ENGINES}, got {self.engine!r}")
         if self.batch_size < 1 or self.num_actors < 0 or self.actor_num_cpus <= 0:
             raise ValueError("batch_size >= 1, num_actors >= 0 and actor_num_cpus > 0 are required")
+        if self.num_gpus is not None and self.num_gpus < 0:
+            raise ValueError(f"num_gpus must be >= 0 (or unset: from the cluster), got {self.num_gpus}")
         if self.split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {self.split!r}")
         if self.max_users is not None and self.max_users < 1:
@@ -167,13 +173,12 @@ def generate_batch(engine: InferenceEngine, batch: pa.Table, recall_number: int,
                      pa.array(out_score, pa.float32()), pa.array(out_err, pa.string())], schema=CANDIDATES_SCHEMA)
 
 
-def engine_spec(cfg, checkpoint_dir: str | Path, items=None):
+def engine_spec(cfg, checkpoint_dir: str | Path, items=None) -> EngineSpec:
     """The EngineSpec a stage config (GenerateConfig or DiscriminateConfig) asks for.
 
     With `items`, titles go into the prompts when the checkpoint was fine-tuned with them.
     """
     from llm_i2i.llm.inference import checkpoint_titles
-    from ray_jobs.batch_inference import EngineSpec
 
     threads = {"torch_threads": cfg.torch_threads} if cfg.engine == "hf" and cfg.torch_threads else {}
     titles = checkpoint_titles(checkpoint_dir, items) if items is not None else None
@@ -187,10 +192,9 @@ def users_in(table: pa.Table) -> int:
 
 
 def run_generate(cfg: GenerateConfig, checkpoint_dir: str | Path, dataset_dir: str | Path,
-                 out_path: str | Path) -> dict[str, Any]:
+                 out_path: str | Path, runner: BatchRunner) -> dict[str, Any]:
     """Generate candidates for every user of the canonical dataset in `dataset_dir`; write `out_path`."""
     from llm_i2i.data import load_dataset
-    from ray_jobs.batch_inference import map_with_engine
 
     cfg.validate()
     t0 = time.perf_counter()
@@ -198,12 +202,12 @@ def run_generate(cfg: GenerateConfig, checkpoint_dir: str | Path, dataset_dir: s
     seqs = split_sequences(ds.sequences(), cfg.split)
     requests = history_requests(seqs, cfg.history_len, cfg.max_users)
     spec = engine_spec(cfg, checkpoint_dir, ds.items)
-    run = map_with_engine(
+    run = runner(
         requests, generate_batch,
         dict(recall_number=cfg.recall_number, exclude_history=cfg.exclude_history, history_len=cfg.history_len),
         spec, CANDIDATES_SCHEMA, out_path, num_actors=cfg.num_actors, actor_num_cpus=cfg.actor_num_cpus,
-        batch_size=cfg.batch_size, units_of=users_in, max_error_fraction=cfg.max_error_fraction, desc="generate",
-        unit="users",
+        num_gpus=cfg.num_gpus, batch_size=cfg.batch_size, units_of=users_in, max_error_fraction=cfg.max_error_fraction,
+        desc="generate", unit="users",
     )
     seconds = time.perf_counter() - t0
     return {

@@ -11,45 +11,15 @@ both engines produce the same numbers for the same checkpoint, not just the same
 
 from __future__ import annotations
 
-import abc
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-ENGINES = ("hf", "vllm")
-
-
-@dataclass
-class TopItems:
-    """Per-history top-N: `item_ids[r]` external ids best first, `scores[r]` their log-probabilities."""
-
-    item_ids: list[np.ndarray]
-    scores: list[np.ndarray]
-
-
-class InferenceEngine(abc.ABC):
-    """What a batch actor holds: a loaded checkpoint that scores many histories at once."""
-
-    #: external item ids the checkpoint knows (one token each), sorted
-    item_ids: np.ndarray
-
-    def known_items(self, item_ids: np.ndarray) -> np.ndarray:
-        """Boolean mask: which external ids have an item token in this checkpoint."""
-        ids = np.asarray(item_ids, dtype=np.int64)
-        if len(self.item_ids) == 0:
-            return np.zeros(len(ids), bool)
-        pos = np.clip(np.searchsorted(self.item_ids, ids), 0, len(self.item_ids) - 1)
-        return self.item_ids[pos] == ids
-
-    @abc.abstractmethod
-    def top_items(self, histories: Sequence[np.ndarray], n: int, exclude_history: bool) -> TopItems:
-        """Top-n next items for each history from one decoding step (history items removed if asked)."""
-
-    @abc.abstractmethod
-    def yes_probability(self, histories: Sequence[np.ndarray], candidates: np.ndarray) -> np.ndarray:
-        """P(Yes) / (P(Yes) + P(No)) for "does `candidates[r]` fit after `histories[r]`", float32."""
+from llm_i2i.llm.engine import ENGINES, InferenceEngine, TopItems
+from llm_i2i.progress import log
 
 
 class HFEngine(InferenceEngine):
@@ -119,3 +89,31 @@ def make_engine(kind: str, checkpoint_dir: str, **options) -> InferenceEngine:
 
         return VLLMEngine(checkpoint_dir, **options)
     raise ValueError(f"unknown engine {kind!r}; choose one of {ENGINES}")
+
+
+def usable_device(requested: str | None, gpu_assigned: bool) -> str:
+    """The torch device an HF engine runs on: the requested one, else 'cuda' when the scheduler gave this
+    process a GPU; a CUDA device that torch cannot use (a GPU declared but absent) falls back to the CPU, logged."""
+    import torch
+
+    device = requested or ("cuda" if gpu_assigned else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        log.warning(f"device {device!r} requested (GPU assigned: {gpu_assigned}) but torch sees no usable CUDA "
+                    f"device (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}): running on CPU")
+        return "cpu"
+    return device
+
+
+@dataclass
+class EngineSpec:
+    """How a worker builds its engine: `make_engine(kind, checkpoint_dir, **options)`, on the device it was given."""
+
+    kind: str
+    checkpoint_dir: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def build(self, gpu_assigned: bool = False) -> InferenceEngine:
+        options = dict(self.options)
+        if self.kind == "hf":
+            options["device"] = usable_device(options.get("device"), gpu_assigned)
+        return make_engine(self.kind, self.checkpoint_dir, **options)

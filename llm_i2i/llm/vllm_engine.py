@@ -19,7 +19,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from llm_i2i.llm.inference import InferenceEngine, TopItems
+from llm_i2i.llm.engine import InferenceEngine, TopItems
 
 
 class VLLMEngine(InferenceEngine):

@@ -59,7 +59,9 @@ class PipelineConfig:
     discriminator_auc: bool = True
     index_backbone: str = "swing"  # which fitted model's LLM-I2I neighbours become the served index
     # Ray
-    ray_address: str | None = None  # None = start a local Ray; "auto" = join a running cluster
+    ray_address: str | None = None  # None = RAY_ADDRESS, else start a local Ray; "auto" = join a running cluster
+    # the run's storage root (--out) is a mount every node sees at the same path; required on a multi-node cluster
+    shared_storage: bool = False
     num_cpus: int | None = None  # local Ray size
     cpus_per_fit: float = 1.0  # Ray resources of one I2I fit task
 

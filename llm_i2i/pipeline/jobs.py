@@ -1,18 +1,18 @@
-"""Entry-point glue for `ray_jobs/<stage>.py` and `llm-i2i run`: args, config, Ray, fan-out of I2I fits.
+"""Entry-point glue for `ray_jobs/<stage>.py` and `llm-i2i run`: arguments, config, fan-out of I2I fits.
 
-Under `ray job submit` the driver finds the cluster through RAY_ADDRESS; otherwise a local Ray is started
-on 127.0.0.1. Fits run as Ray tasks with `cpus_per_fit` CPUs each (fractional on small machines).
+The driver joins Ray through `llm_i2i.raycluster.init_ray` (RAY_ADDRESS under `ray job submit`; otherwise a
+local Ray on 127.0.0.1); `ray_jobs.runners.run_pipeline_job` wires the rest. Fits run as Ray tasks with
+`cpus_per_fit` CPUs each (fractional on small machines).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Any, Callable, Iterable
 
 from llm_i2i.config import load_config
 from llm_i2i.pipeline.config import PipelineConfig
-from llm_i2i.progress import Progress, log, setup_logging
+from llm_i2i.progress import Progress
 
 
 def add_pipeline_arguments(p: argparse.ArgumentParser) -> None:
@@ -29,20 +29,6 @@ def pipeline_config(args: argparse.Namespace) -> PipelineConfig:
     if args.data:
         overrides.append(f"data={args.data}")
     return load_config(PipelineConfig, args.config, overrides)
-
-
-def init_ray(cfg: PipelineConfig, address: str | None = None) -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = address or cfg.ray_address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=False)
-    else:
-        ray.init(address="local", num_cpus=cfg.num_cpus or os.cpu_count(), include_dashboard=False,
-                 _node_ip_address="127.0.0.1", log_to_driver=False)
-    log.info(f"Ray: {ray.cluster_resources()}")
 
 
 def ray_map(num_cpus: float) -> Callable[[Callable[..., Any], Iterable[tuple]], list]:
@@ -62,23 +48,3 @@ def ray_map(num_cpus: float) -> Callable[[Callable[..., Any], Iterable[tuple]], 
         return ray.get(refs)
 
     return run
-
-
-def stage_main(stage: str | None, argv: list[str] | None = None, ops: Any = None) -> int:
-    """`python -m ray_jobs.<stage> --config X --out DIR`; stage None = the whole pipeline. `ops`: the pipeline's
-    `LLMOps` (the Ray jobs pass ones bound to the Ray SFT runner)."""
-    from llm_i2i.pipeline.runner import run_pipeline, run_stage
-
-    setup_logging()
-    p = argparse.ArgumentParser(prog=f"ray_jobs.{stage or 'pipeline'}")
-    add_pipeline_arguments(p)
-    args = p.parse_args(argv)
-    cfg = pipeline_config(args)
-    init_ray(cfg, args.address)
-    map_fn = ray_map(cfg.cpus_per_fit)
-    if stage is None:
-        run_pipeline(cfg, args.out, ops, map_fn=map_fn)
-    else:
-        r = run_stage(stage, cfg, args.out, ops, map_fn=map_fn)
-        log.info(f"[{stage}] {'skipped (already done)' if r.skipped else 'finished'}: {r.artifact.path}")
-    return 0

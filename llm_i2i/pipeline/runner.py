@@ -69,24 +69,24 @@ STAGE_FUNCS: dict[str, Callable[..., StageResult]] = {
 assert tuple(STAGE_FUNCS) == STAGES
 
 
-def run_stage(name: str, cfg: PipelineConfig, out: str, ops: st.LLMOps | None = None,
-              map_fn: st.MapFn = st.serial_map, store: ArtifactStore | None = None) -> StageResult:
-    """Run one stage; its inputs must be finished artifacts under `out`."""
+def run_stage(name: str, cfg: PipelineConfig, out: str, ops: st.LLMOps, map_fn: st.MapFn = st.serial_map,
+              store: ArtifactStore | None = None) -> StageResult:
+    """Run one stage with the LLM calls `ops` (`real_llm_ops(runners)`); its inputs must be finished artifacts
+    under `out`."""
     if name not in STAGE_FUNCS:
         raise ValueError(f"unknown stage {name!r}; stages: {STAGES}")
     store = store or ArtifactStore(out)
     with store.locked():
-        return STAGE_FUNCS[name](store, cfg, ops or st.real_llm_ops(), map_fn)
+        return STAGE_FUNCS[name](store, cfg, ops, map_fn)
 
 
-def run_pipeline(cfg: PipelineConfig, out: str, ops: st.LLMOps | None = None, map_fn: st.MapFn = st.serial_map,
+def run_pipeline(cfg: PipelineConfig, out: str, ops: st.LLMOps, map_fn: st.MapFn = st.serial_map,
                  until: str | None = None) -> dict[str, Any]:
     """Every stage in order (finished ones are skipped), then `report.json`/`report.md`/plots under `out`.
 
     Holds `out`'s lock throughout: a second run on the same `out` raises `OutDirInUse` at once."""
     from llm_i2i.pipeline.report import write_report
 
-    ops = ops or st.real_llm_ops()
     store = ArtifactStore(out)
     with store.locked():
         t0 = time.perf_counter()

@@ -26,6 +26,7 @@ from llm_i2i.i2i import make_backbone
 from llm_i2i.i2i.base import Neighbors
 from llm_i2i.index.store import write_index
 from llm_i2i.io import write_json, write_parquet
+from llm_i2i.llm.runners import Runners
 from llm_i2i.pipeline.artifacts import Artifact, ArtifactStore, StageResult, fingerprint_path
 from llm_i2i.pipeline.config import PipelineConfig
 from llm_i2i.pipeline.fuse import PLAIN_YES, FuseConfig, Fused, fuse
@@ -40,7 +41,7 @@ BASELINE, LLM_I2I = "no_aug", "llm_i2i"
 
 @dataclass
 class LLMOps:
-    """The LLM calls the pipeline makes; `real_llm_ops()` binds them to `llm_i2i.llm`."""
+    """The LLM calls the pipeline makes; `real_llm_ops(runners)` binds them to `llm_i2i.llm`."""
 
     sft: Callable[[dict[str, Any], Path, Path], Path]  # (config, dataset_dir, out_dir) -> checkpoint dir
     generate: Callable[[dict[str, Any], Path, Path, Path], dict]  # (config, ckpt, dataset_dir, out_path) -> stats
@@ -49,12 +50,13 @@ class LLMOps:
     discriminator_auc: Callable[[Path, Path, Any], float]  # (ckpt, dataset_dir, max_users) -> test AUC, random negatives
 
 
-def real_llm_ops(runner: Any = None) -> LLMOps:
-    """`runner` (an `llm_i2i.llm.sft.SFTRunner`; None: this process) trains the LLMs and runs the evaluations
-    that load them; the Ray one comes from whoever starts the pipeline on a cluster (`ray_jobs`, the CLI)."""
+def real_llm_ops(runners: Runners) -> LLMOps:
+    """The `llm_i2i.llm` calls, running their heavy work on `runners` (the caller's: Ray ones from `ray_jobs`):
+    generate/discriminate on `runners.batch_inference`; SFT and the evaluations that load a model on
+    `runners.sft` (an `llm_i2i.llm.sft.SFTRunner`; None: this process)."""
     from llm_i2i.llm.sft import LocalRunner
 
-    runner = runner or LocalRunner()
+    runner = runners.sft or LocalRunner()
 
     def sft(cfg: dict[str, Any], dataset_dir: Path, out_dir: Path) -> Path:
         from llm_i2i.config import from_dict
@@ -69,13 +71,14 @@ def real_llm_ops(runner: Any = None) -> LLMOps:
         from llm_i2i.config import from_dict
         from llm_i2i.llm.generate import GenerateConfig, run_generate
 
-        return run_generate(from_dict(GenerateConfig, cfg), ckpt, dataset_dir, out_path)
+        return run_generate(from_dict(GenerateConfig, cfg), ckpt, dataset_dir, out_path, runners.batch_inference)
 
     def discriminate(cfg, ckpt, dataset_dir, pairs_path, out_path):
         from llm_i2i.config import from_dict
         from llm_i2i.llm.discriminate import DiscriminateConfig, run_discriminate
 
-        return run_discriminate(from_dict(DiscriminateConfig, cfg), ckpt, dataset_dir, pairs_path, out_path)
+        return run_discriminate(from_dict(DiscriminateConfig, cfg), ckpt, dataset_dir, pairs_path, out_path,
+                                runners.batch_inference)
 
     def evaluate_generator(ckpt, dataset_dir, eval_cfg, gen_cfg):
         from llm_i2i.llm.sft import evaluate_generator as ev

@@ -115,9 +115,10 @@ def trial_metrics(params: dict[str, Any], dataset_dir: str, scored_path: str, ev
                               EvalConfig.from_preset(eval_preset, split="valid"))
 
 
-def prepare_generators(sweep: SweepConfig) -> tuple[str, dict[str, str]]:
+def prepare_generators(sweep: SweepConfig, ops) -> tuple[str, dict[str, str]]:
     """(dataset dir, {generator label: scored candidates}): the run's own generator(s), plus any extra checkpoint
-    pushed through generate+discriminate (at the largest N) with the run's discriminator."""
+    pushed through generate+discriminate (at the largest N) with the run's discriminator, through `ops`
+    (`stages.LLMOps`)."""
     from llm_i2i.pipeline.artifacts import ArtifactStore
     from llm_i2i.pipeline.config import PipelineConfig
     from llm_i2i.pipeline.runner import run_stage
@@ -143,7 +144,7 @@ def prepare_generators(sweep: SweepConfig) -> tuple[str, dict[str, str]]:
         root = str(Path(sweep.pipeline_out) / "tune_generators" / label.replace("=", "_"))
         store = ArtifactStore(root)
         for stage in ("prepare", "sft_generator", "sft_discriminator", "generate", "discriminate"):
-            run_stage(stage, gcfg, root, store=store)
+            run_stage(stage, gcfg, root, ops, store=store)
         scored[label] = str(store.get("discriminate").path / "scored.parquet")
     return data_dir, scored
 

@@ -18,6 +18,7 @@ from llm_i2i.llm.inference import HFEngine, TopItems, make_engine
 from llm_i2i.llm.modeling import save_checkpoint
 from llm_i2i.llm.prompts import discriminator_prompt, encode_prompts, generator_prompt
 from llm_i2i.llm.tokenizer import answer_token_ids, item_vocabulary
+from ray_jobs.batch_inference import map_with_engine
 
 
 def make_interactions(item_ids: np.ndarray, n_users: int = 23, seed: int = 1) -> pa.Table:
@@ -187,7 +188,7 @@ def test_discriminate_batch_keeps_columns_and_reports_errors(engine):
 def test_run_generate_and_discriminate_in_process(world, engine, tmp_path):
     ckpt, data = world
     cfg = GenerateConfig(recall_number=3, num_actors=0, batch_size=5)
-    stats = run_generate(cfg, ckpt, data, tmp_path / "candidates.parquet")
+    stats = run_generate(cfg, ckpt, data, tmp_path / "candidates.parquet", map_with_engine)
     cand = pq.read_table(tmp_path / "candidates.parquet")
     assert cand.schema == CANDIDATES_SCHEMA
     n_err = len(cand.column("error").drop_null())
@@ -198,7 +199,8 @@ def test_run_generate_and_discriminate_in_process(world, engine, tmp_path):
     assert ok.num_rows == 3 * (stats["users_in"] - n_err)
     # discriminate the candidates (their error rows come back as malformed rows: null item_id)
     dcfg = DiscriminateConfig(num_actors=0, batch_size=7)
-    dstats = run_discriminate(dcfg, ckpt, data, tmp_path / "candidates.parquet", tmp_path / "scored.parquet")
+    dstats = run_discriminate(dcfg, ckpt, data, tmp_path / "candidates.parquet", tmp_path / "scored.parquet",
+                              map_with_engine)
     scored = pq.read_table(tmp_path / "scored.parquet")
     assert scored.num_rows == cand.num_rows and dstats["error_rows"] == n_err
     assert scored.column_names == CANDIDATES_SCHEMA.names[:4] + ["confidence", "error"]
@@ -225,7 +227,8 @@ def test_titles_go_into_prompts_when_the_checkpoint_was_trained_with_them(world,
     from llm_i2i.llm.prompts import titles_from_items
 
     ckpt = str(save_checkpoint(tiny_model, tokenizer, tmp_path / "ckpt", {"role": "generator", "sft_config": {"titles": True}}))
-    run_generate(GenerateConfig(recall_number=3, num_actors=0, max_users=12), ckpt, world[1], tmp_path / "c.parquet")
+    run_generate(GenerateConfig(recall_number=3, num_actors=0, max_users=12), ckpt, world[1], tmp_path / "c.parquet",
+                 map_with_engine)
     cand = pq.read_table(tmp_path / "c.parquet")
     cand = cand.filter(pa.compute.is_null(cand.column("error")))
     u = cand.column("user_id")[0].as_py()

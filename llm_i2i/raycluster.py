@@ -1,0 +1,114 @@
+"""The one way every entry point reaches Ray, and the cluster facts the pipeline derives from it.
+
+`init_ray` joins `--address` / `RAY_ADDRESS` (a running cluster, e.g. under `ray job submit`) or starts a local
+Ray bound to 127.0.0.1. Resources come from what the cluster declares (`ray.cluster_resources()`), never from
+the driver's own CUDA: under `ray job submit` the driver sits on a head that often has no GPU at all.
+`check_storage_root` refuses, at the start of a run, a storage root that the other nodes cannot read.
+Not part of the algorithm core: `llm_i2i/pipeline`, the commands and `ray_jobs` import it.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Any, Callable
+
+from llm_i2i.progress import log
+
+LOCAL = "local"
+
+
+def resolve_address(address: str | None = None) -> str:
+    """`address`, else RAY_ADDRESS, else 'local' (start a Ray on this machine)."""
+    return address or os.environ.get("RAY_ADDRESS") or LOCAL
+
+
+def init_ray(address: str | None = None, *, num_cpus: int | None = None,
+             runtime_env: dict[str, Any] | None = None) -> None:
+    """Connect this process to Ray once: the cluster at `address` / RAY_ADDRESS, or a new local one.
+
+    A local Ray listens on 127.0.0.1 only and has `num_cpus` CPUs (default: this machine's); a running cluster
+    keeps its own resources (token auth, if on, is picked up from RAY_AUTH_TOKEN / ~/.ray/auth_token by Ray).
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = resolve_address(address)
+    if address == LOCAL:
+        ray.init(address=LOCAL, num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
+                 _node_ip_address="127.0.0.1", log_to_driver=False, runtime_env=runtime_env)
+    else:
+        ray.init(address=address, log_to_driver=False, runtime_env=runtime_env)
+    log.info(f"Ray at {address}: {len(alive_nodes())} node(s), {ray.cluster_resources()}")
+
+
+def alive_nodes() -> list[dict[str, Any]]:
+    import ray
+
+    return [n for n in ray.nodes() if n.get("Alive")]
+
+
+def gpus_per_actor(requested: float | None) -> float:
+    """GPUs one inference actor / Train worker asks for: the configured number, else 1 when the cluster
+    declares any GPU and 0 otherwise."""
+    if requested is not None:
+        if requested < 0:
+            raise ValueError(f"num_gpus must be >= 0, got {requested}")
+        return float(requested)
+    import ray
+
+    return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+
+
+def _sees(path: str, token: str) -> bool:
+    p = Path(path)
+    return p.exists() and p.read_text() == token
+
+
+def nodes_not_seeing(root: str) -> list[str]:
+    """Ids of the alive nodes on which a marker the driver just wrote under `root` is not visible."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    token = secrets.token_hex(8)
+    Path(root).mkdir(parents=True, exist_ok=True)
+    marker = Path(root).resolve() / f".shared_storage_probe_{token}"
+    marker.write_text(token)
+    try:
+        check = ray.remote(num_cpus=0)(_sees)
+        nodes = [n["NodeID"] for n in alive_nodes()]
+        refs = [check.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n, soft=False)).remote(str(marker), token)
+                for n in nodes]
+        return [n for n, ok in zip(nodes, ray.get(refs, timeout=300)) if not ok]
+    finally:
+        marker.unlink()
+
+
+def check_storage_root(root: str, shared: bool, n_nodes: int | None = None,
+                       unseen_by: Callable[[str], list[str]] = nodes_not_seeing) -> None:
+    """Stop a multi-node run whose storage root lives on the driver's disk, before any stage runs.
+
+    Every worker reads and writes under the root (datasets, tokenizers, checkpoints, Train storage, stage
+    artifacts), so on more than one node it must be a mount that every node sees at the same path, declared
+    with `shared_storage: true` and checked here with a marker file every node must read (`unseen_by`).
+    URI roots (s3://...) are staged through a cache on the driver's disk by `ArtifactStore`, so workers on
+    other nodes cannot read them either: refused too, with the same advice.
+    """
+    n_nodes = len(alive_nodes()) if n_nodes is None else n_nodes
+    if n_nodes <= 1:
+        return
+    if "://" in str(root):
+        raise ValueError(f"storage root {root}: a URI root is staged through the driver's local disk, which the "
+                         f"other {n_nodes - 1} node(s) cannot read; use a shared mount (same path on every node) "
+                         "and set shared_storage=true")
+    if not shared:
+        raise ValueError(f"storage root {root} is a path on the driver and this Ray cluster has {n_nodes} nodes: "
+                         "workers elsewhere could not read the datasets, tokenizers and checkpoints under it. Put "
+                         "--out on a mount every node sees at the same path and set shared_storage=true")
+    blind = unseen_by(str(root))
+    if blind:
+        raise ValueError(f"storage root {root} is declared shared, but {len(blind)} of {n_nodes} node(s) cannot read "
+                         f"a file the driver wrote there ({', '.join(n[:12] for n in blind)}): mount it at the same "
+                         "path on every node")

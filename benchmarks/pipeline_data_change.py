@@ -37,12 +37,15 @@ def sha(path: Path) -> str:
 
 def one_run(label: str, data: Path, out: Path) -> dict:
     from llm_i2i.config import from_dict
+    from llm_i2i.llm.runners import Runners
     from llm_i2i.pipeline.config import PipelineConfig
     from llm_i2i.pipeline.runner import run_pipeline
     from llm_i2i.pipeline.stages import real_llm_ops
+    from ray_jobs.batch_inference import map_with_engine
 
     t0 = time.perf_counter()
-    result = run_pipeline(from_dict(PipelineConfig, {**CONFIG, "data": str(data)}), str(out), real_llm_ops(),
+    ops = real_llm_ops(Runners(batch_inference=map_with_engine))
+    result = run_pipeline(from_dict(PipelineConfig, {**CONFIG, "data": str(data)}), str(out), ops,
                           until="sft_discriminator")
     wall = time.perf_counter() - t0
     history = {h["stage"]: h for h in result["history"]}

@@ -288,8 +288,10 @@ def test_cli_sft_writes_checkpoint(dataset_dir, tmp_path):
 
 def test_pipeline_evaluation_runs_through_the_runner(generator_ckpt, dataset_dir):
     """The evaluate stage loads the model where the runner says (a Ray worker on a cluster), not on the driver."""
+    from llm_i2i.llm.runners import Runners
     from llm_i2i.llm.sft import LocalRunner
     from llm_i2i.pipeline.stages import real_llm_ops
+    from ray_jobs.batch_inference import map_with_engine
 
     calls = []
 
@@ -298,7 +300,7 @@ def test_pipeline_evaluation_runs_through_the_runner(generator_ckpt, dataset_dir
             calls.append(fn.__name__)
             return super().call(fn, *args, **kwargs)
 
-    ops = real_llm_ops(Recording())
+    ops = real_llm_ops(Runners(batch_inference=map_with_engine, sft=Recording()))
     m = ops.evaluate_generator(generator_ckpt, dataset_dir, EvalConfig(split="test", ks=(10,)), {"max_users": 50})
     assert calls == ["evaluate_generator"] and m["users_evaluated"] == 50
 

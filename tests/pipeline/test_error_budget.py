@@ -10,7 +10,9 @@ import pytest
 
 from llm_i2i.data import load_dataset, save_dataset
 from llm_i2i.pipeline.runner import run_pipeline
+from llm_i2i.llm.runners import Runners
 from llm_i2i.pipeline.stages import real_llm_ops
+from ray_jobs.batch_inference import map_with_engine
 from ray_jobs.batch_inference import ErrorBudgetExceeded
 from tests.llm.conftest import items, tiny_model, tokenizer  # noqa: F401 - session fixtures the world is built from
 from tests.llm.test_inference import world  # noqa: F401
@@ -25,7 +27,7 @@ def _config(data, ckpt, **generate):
 
 def _ops():
     ops = FakeLLM().ops()
-    ops.generate = real_llm_ops().generate
+    ops.generate = real_llm_ops(Runners(batch_inference=map_with_engine)).generate
     return ops
 
 

@@ -9,7 +9,10 @@ import pytest
 
 from llm_i2i.config import from_dict
 from llm_i2i.pipeline.config import PipelineConfig
+from llm_i2i.llm.runners import Runners
 from llm_i2i.pipeline.runner import run_pipeline
+from llm_i2i.pipeline.stages import real_llm_ops
+from ray_jobs.batch_inference import map_with_engine
 
 TINY_MODEL = {"hidden_size": 64, "num_layers": 1, "num_heads": 2, "intermediate_size": 128, "vocab_size": 500}
 
@@ -28,7 +31,7 @@ def small_config(seed: int, **data) -> PipelineConfig:
 
 
 def test_quickstart_lift_sign_on_a_small_seed(tmp_path):
-    report = run_pipeline(small_config(seed=3), str(tmp_path))
+    report = run_pipeline(small_config(seed=3), str(tmp_path), real_llm_ops(Runners(batch_inference=map_with_engine)))
     swing = report["backbones"]["swing"]
     cut = report["synthetic_pairs"]["cut"]
     assert cut["mode"] == "auto" and cut["selected_on"] == "valid" and not cut["keep_none"]

@@ -23,9 +23,11 @@ from llm_i2i.kernels.merge import recommend_batch
 from llm_i2i.eval.protocol import EvalConfig
 from llm_i2i.index.service import IndexService, ServeConfig
 from llm_i2i.pipeline.artifacts import ArtifactStore
+from llm_i2i.llm.runners import Runners
 from llm_i2i.pipeline.config import STAGES, PipelineConfig
 from llm_i2i.pipeline.runner import run_pipeline
 from llm_i2i.pipeline.stages import read_fit, real_llm_ops
+from ray_jobs.batch_inference import map_with_engine
 
 TINY_MODEL = {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64, "vocab_size": 200}
 CONFIG = {
@@ -43,11 +45,13 @@ CONFIG = {
     "llm_eval_max_users": 30,
 }
 
+LOCAL = Runners(batch_inference=map_with_engine)  # SFT in this process, inference as the config says
+
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("real")
-    report = run_pipeline(from_dict(PipelineConfig, CONFIG), str(out), real_llm_ops())
+    report = run_pipeline(from_dict(PipelineConfig, CONFIG), str(out), real_llm_ops(LOCAL))
     return out, report
 
 

@@ -7,7 +7,7 @@ Rules, in order, each counted in the report (nothing is dropped silently):
   `threshold` (when `use_discriminator`), if the user already has that item in the training history, or if it
   repeats an earlier candidate of the same user;
 * the paper keeps pairs the discriminator answers "Yes" with confidence 1.0; P(Yes) of a small model rarely
-  reaches 1.0 and its scale differs per dataset, so the default cut is `auto`: `tune.choose_cut` picks it on
+  reaches 1.0 and its scale differs per dataset, so the default cut is `auto`: `cut.choose_cut` picks it on
   VALIDATION Recall@10 (possibly "keep none"), and `resolve` writes the chosen cut into the config;
 * kept synthetic items join the user's sequence AFTER the real training history, in generator rank order
   (timestamp = position), so sequence-aware backbones see them as the most recent clicks;
@@ -110,7 +110,7 @@ def fuse(train: Sequences, candidates: pa.Table | None, cfg: FuseConfig, real_sc
     history_keys = user_of * n_items + train.items
     keep_real = np.ones(len(train.items), bool)
     if cfg.needs_cut:
-        raise ValueError("fuse.threshold is 'auto': choose the cut first (pipeline.tune.choose_cut, FuseConfig.resolve)")
+        raise ValueError("fuse.threshold is 'auto': choose the cut first (pipeline.cut.choose_cut, FuseConfig.resolve)")
     report: dict[str, Any] = {"config": dict(cfg.__dict__), "real": {"train_interactions": int(len(train.items))}}
 
     if cfg.filter_real:

@@ -30,7 +30,7 @@ from llm_i2i.llm.runners import Runners
 from llm_i2i.pipeline.artifacts import Artifact, ArtifactStore, StageResult, fingerprint_path
 from llm_i2i.pipeline.config import PipelineConfig
 from llm_i2i.pipeline.fuse import PLAIN_YES, FuseConfig, Fused, fuse
-from llm_i2i.pipeline.tune import choose_cut
+from llm_i2i.pipeline.cut import choose_cut
 from llm_i2i.progress import Progress, log
 
 BASELINE, LLM_I2I = "no_aug", "llm_i2i"

@@ -15,7 +15,8 @@ from llm_i2i.data import leave_one_out, read_canonical, save_dataset
 from llm_i2i.eval.protocol import EvalConfig
 from llm_i2i.pipeline.fuse import FuseConfig
 from llm_i2i.pipeline.runner import run_pipeline
-from llm_i2i.pipeline.tune import SweepConfig, choose_cut, summarize, trial_metrics, validation_metrics
+from llm_i2i.pipeline.cut import choose_cut, validation_metrics
+from llm_i2i.pipeline.tune import SweepConfig, summarize, trial_metrics
 from tests.pipeline.fakes import FakeLLM
 from tests.pipeline.test_pipeline import tiny_config
 

@@ -8,7 +8,7 @@ equal first. Each is timed warm (calls back to back) and cold: after a busy wait
 serving replica spends in Serve's own request handling between two merges. On this shared VM the caches lose a merge's
 data in that time (neighbouring tenants), and a replica's merge ran at about its cold time, not its warm one.
 
-  flock /tmp/llm_i2i_heavy.lock .venv/bin/python benchmarks/merge_kernel.py
+  python -m benchmarks.merge_kernel      (takes the heavy-work lock itself)
 
 Writes benchmarks/results/merge_kernel.{json,md}.
 """
@@ -17,24 +17,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.serve_load import _cpu_model, recommend_requests  # noqa: E402
-from llm_i2i.data import load_dataset  # noqa: E402
-from llm_i2i.kernels.merge import FanoutMerger  # noqa: E402
-from llm_i2i.i2i import make_backbone  # noqa: E402
-from llm_i2i.index.store import load_index, write_index  # noqa: E402
-from llm_i2i.io import write_json, write_text  # noqa: E402
-from llm_i2i.progress import log, setup_logging  # noqa: E402
+from benchmarks._common import DATA_ROOT, RESULTS, provenance, run_locked, run_record, write_result
+from benchmarks.serve_load import recommend_requests
+from llm_i2i.data import load_dataset
+from llm_i2i.i2i import make_backbone
+from llm_i2i.index.store import load_index, write_index
+from llm_i2i.kernels.merge import FanoutMerger
+from llm_i2i.progress import log, setup_logging
 
 
 def numpy_merge(nb, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -61,16 +57,17 @@ def _busy_wait(seconds: float) -> None:
         pass
 
 
-def main() -> int:
+def main(argv: Sequence[str] | None = None) -> int:
+    record = run_record("merge_kernel", argv)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "Beauty"))
+    ap.add_argument("--data", default=str(DATA_ROOT / "Beauty"))
     ap.add_argument("--m", type=int, default=100)
     ap.add_argument("--ks", type=int, nargs="+", default=[10, 200])
     ap.add_argument("--requests", type=int, default=200)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--gap-us", type=float, default=300.0, help="busy wait before each cold call")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "merge_kernel"))
-    args = ap.parse_args()
+    ap.add_argument("--out", default=str(RESULTS / "merge_kernel"))
+    args = ap.parse_args(argv)
     setup_logging()
     ds = load_dataset(args.data)
     seqs = ds.sequences()
@@ -106,17 +103,14 @@ def main() -> int:
             res[regime]["numpy_over_kernel_p50"] = res[regime]["numpy"]["p50_us"] / res[regime]["kernel"]["p50_us"]
         results[f"k={k}"] = res
         log.info(f"k={k}: {res}")
-    report = {"command": " ".join(["python", *sys.argv]), "machine": f"{_cpu_model()}, {platform.platform()}",
-              "gap_us": args.gap_us,
+    report = {**record, "gap_us": args.gap_us,
               "index": {"dataset": ds.name, "items": nb.n_items, "K": 200, "rows": int(nb.indptr[-1])},
               "m": args.m,
               "neighbour_visits_per_request": float(np.mean([visits[np.searchsorted(nb.item_ids, r)].sum()
                                                              for r in recents])),
               "results": results}
-    out = Path(args.out)
-    write_json(report, out.with_suffix(".json"))
     lines = ["# Fan-out merge kernel vs NumPy reference", "",
-             f"Command: `{report['command']}` (under `flock /tmp/llm_i2i_heavy.lock`). Machine: {report['machine']}, 2 cores, shared.",
+             provenance(report),
              f"Index: Swing on {ds.name} ({nb.n_items:,} items, K=200). {args.requests} requests of M={args.m} recent items "
              f"(drawn by popularity, as `serve_load.py` sends), {report['neighbour_visits_per_request']:,.0f} neighbour "
              f"visits per request on average; sum merge, recent items excluded; both sides take external ids and "
@@ -129,10 +123,10 @@ def main() -> int:
         for regime, r in by_regime.items():
             lines.append(f"| {k[2:]} | {regime} | {r['kernel']['p50_us']:.1f} / {r['kernel']['p99_us']:.1f} | "
                          f"{r['numpy']['p50_us']:.1f} / {r['numpy']['p99_us']:.1f} | {r['numpy_over_kernel_p50']:.1f}x |")
-    write_text("\n".join(lines) + "\n", out.with_suffix(".md"))
-    log.info(f"wrote {out}.json / .md")
+    out = write_result(args.out, report, "\n".join(lines) + "\n")
+    log.info(f"wrote {out}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(run_locked(main))

@@ -82,12 +82,17 @@ class Fused:
         return s.to_interactions(pc.if_else(pa.array(synthetic), SOURCE_SYNTHETIC, SOURCE_REAL))
 
 
+def _ints(table: pa.Table, name: str) -> np.ndarray:
+    """A column as int64, -1 where null (a failed row carries no item or rank; it is dropped as an error)."""
+    return pc.fill_null(table.column(name), -1).to_numpy().astype(np.int64)
+
+
 def _dense(train: Sequences, table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
-    users = table.column("user_id").to_numpy()
+    users = _ints(table, "user_id")
     pos = np.searchsorted(train.user_ids, users)
     pos = np.clip(pos, 0, max(train.n_users - 1, 0))
     u = np.where(train.user_ids[pos] == users, pos, -1) if train.n_users else np.full(len(users), -1)
-    return u.astype(np.int64), train.item_index(table.column("item_id").to_numpy())
+    return u.astype(np.int64), train.item_index(_ints(table, "item_id"))
 
 
 def _ok(table: pa.Table) -> np.ndarray:
@@ -132,7 +137,7 @@ def fuse(train: Sequences, candidates: pa.Table | None, cfg: FuseConfig, real_sc
     if cfg.add_synthetic and candidates is not None:
         n = candidates.num_rows
         u, i = _dense(train, candidates)
-        rank = candidates.column("rank").to_numpy().astype(np.int64)
+        rank = _ints(candidates, "rank")
         drop = np.zeros(n, bool)
 
         def step(name: str, mask: np.ndarray) -> None:

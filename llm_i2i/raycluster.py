@@ -30,6 +30,8 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None,
 
     A local Ray listens on 127.0.0.1 only and has `num_cpus` CPUs (default: this machine's); a running cluster
     keeps its own resources (token auth, if on, is picked up from RAY_AUTH_TOKEN / ~/.ray/auth_token by Ray).
+    Workers' logs reach this process (Ray's default): SFT epochs and inference progress run in Ray workers, and
+    under `ray job submit` the driver's output is the job log a user follows.
     """
     import ray
 
@@ -38,9 +40,9 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None,
     address = resolve_address(address)
     if address == LOCAL:
         ray.init(address=LOCAL, num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
-                 _node_ip_address="127.0.0.1", log_to_driver=False, runtime_env=runtime_env)
+                 _node_ip_address="127.0.0.1", runtime_env=runtime_env)
     else:
-        ray.init(address=address, log_to_driver=False, runtime_env=runtime_env)
+        ray.init(address=address, runtime_env=runtime_env)
     log.info(f"Ray at {address}: {len(alive_nodes())} node(s), {ray.cluster_resources()}")
 
 

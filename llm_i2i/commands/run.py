@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 NAME = "run"
 HELP = "run the whole pipeline (prepare -> SFT -> generate -> discriminate -> fuse -> I2I -> index -> evaluate)"
@@ -14,16 +15,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_pipeline_arguments(p)
 
 
+def default_config(config: str | None, data: str | None) -> str | None:
+    """The config file a run uses. The quickstart's small budget is sized for the embedded data only, so
+    `--data DIR` alone gets the library defaults: an SFT budget that adapts to the data (early stopping on
+    validation) and the `auto` cut. An installed wheel has no configs/ and always uses the defaults."""
+    quickstart = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
+    if config is None and data in (None, "default") and quickstart.exists():
+        return str(quickstart)
+    return config
+
+
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     from llm_i2i.pipeline.artifacts import ArtifactStore
     from llm_i2i.pipeline.jobs import pipeline_config
     from ray_jobs.runners import run_pipeline_job
 
-    quickstart = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
-    if args.config is None and quickstart.exists():  # a source checkout; an installed wheel uses the defaults
-        args.config = str(quickstart)
+    args.config = default_config(args.config, args.data)
     cfg = pipeline_config(args)
     with ArtifactStore(args.out).locked():  # before Ray starts: a second run on this --out stops at once
         run_pipeline_job(cfg, args.out, args.address)

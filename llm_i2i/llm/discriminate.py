@@ -32,7 +32,7 @@ class DiscriminateConfig:
     engine: str = "hf"  # 'hf' | 'vllm'
     batch_size: int = 128  # pairs per engine call
     num_actors: int = 1  # Ray Data actors; 0 = in this process without Ray
-    actor_num_cpus: float = 1.0
+    actor_num_cpus: float = 0.5  # fractional: Ray Data needs < 1 on a 2-core box
     num_gpus: float | None = None  # GPUs per actor; None = 1 if the Ray cluster declares GPUs, else 0
     torch_threads: int = 0  # intra-op threads per actor; 0 = torch default
     engine_options: dict[str, Any] = field(default_factory=dict)  # passed to the engine's constructor

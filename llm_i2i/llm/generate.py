@@ -46,7 +46,7 @@ class GenerateConfig:
     engine: str = "hf"  # 'hf' | 'vllm'
     batch_size: int = 64  # users per engine call
     num_actors: int = 1  # Ray Data actors; 0 = run in this process without Ray (reference / debugging)
-    actor_num_cpus: float = 1.0  # fractional CPUs per actor (Ray Data needs < 1 on a 2-core box)
+    actor_num_cpus: float = 0.5  # fractional CPUs per actor (Ray Data needs < 1 on a 2-core box)
     num_gpus: float | None = None  # GPUs per actor; None = 1 if the Ray cluster declares GPUs, else 0
     torch_threads: int = 0  # intra-op threads per actor; 0 = torch default
     engine_options: dict[str, Any] = field(default_factory=dict)  # e.g. {device: cuda, dtype: bfloat16} or vLLM args

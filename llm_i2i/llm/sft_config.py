@@ -12,7 +12,7 @@ from llm_i2i.llm.modeling import ModelConfig
 class SFTConfig:
     role: str = "generator"  # generator | discriminator
     model: ModelConfig = field(default_factory=ModelConfig)
-    epochs: int = 5  # upper bound; `patience` stops earlier when validation stops improving
+    epochs: int = 30  # upper bound: `patience` stops once validation stops improving, so the budget fits the data
     patience: int = 3  # epochs without a better validation metric before stopping (0: run every epoch)
     lr: float = 3e-3  # paper: 5e-5 for a 7B base; a small scratch model needs far more
     weight_decay: float = 0.0

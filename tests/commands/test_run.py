@@ -1,0 +1,23 @@
+"""`llm-i2i run` picks its config: the quickstart's for the embedded data, the library defaults for `--data DIR`."""
+
+from pathlib import Path
+
+from llm_i2i.commands.run import default_config
+from llm_i2i.llm.sft_config import SFTConfig
+from llm_i2i.pipeline.config import PipelineConfig
+
+
+def test_the_quickstart_config_is_for_the_embedded_data_only():
+    quickstart = default_config(None, None)
+    assert quickstart is not None and Path(quickstart).name == "quickstart.yaml"
+    assert default_config(None, "default") == quickstart
+    assert default_config(None, "../shared/data/Beauty") is None  # a new dataset: library defaults
+    assert default_config("mine.yaml", None) == "mine.yaml"  # an explicit config always wins
+
+
+def test_library_defaults_adapt_the_sft_budget_and_the_cut():
+    cfg = PipelineConfig()
+    for sft in (cfg.sft_generator, cfg.sft_discriminator):
+        assert sft.patience > 0 and sft.epochs > 3 * sft.patience  # early stopping, not the epoch count, ends SFT
+    assert cfg.fuse.threshold == "auto"
+    assert SFTConfig().epochs == cfg.sft_generator.epochs

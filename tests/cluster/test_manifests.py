@@ -45,6 +45,33 @@ def unmounted(pod: dict, paths: set[str]) -> list[str]:
     return sorted(p for p in paths if not any(p == m or p.startswith(m + "/") for m in mounts))
 
 
+def out_root(rayjob: dict) -> str:
+    return re.search(r"--out\s+(\S+)", rayjob["spec"]["entrypoint"]).group(1)
+
+
+def out_root_problems(rayjob: dict, cluster_spec: dict) -> list[str]:
+    """Why the job's `--out` would be refused on a multi-node cluster (`check_storage_root`): a local root must be
+    one writable volume (the same claim) mounted at the same path on every pod, declared shared_storage=true."""
+    root = out_root(rayjob)
+    problems = [] if "shared_storage=true" in rayjob["spec"]["entrypoint"] else ["no shared_storage=true"]
+    claims = set()
+    for name, pod in pods(cluster_spec).items():
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        holders = [m for c in pod["containers"] for m in c.get("volumeMounts", [])
+                   if m["name"] in volumes and (root == m["mountPath"].rstrip("/")
+                                                or root.startswith(m["mountPath"].rstrip("/") + "/"))]
+        if not holders:
+            problems.append(f"{name}: {root} not mounted")
+            continue
+        mount = max(holders, key=lambda m: len(m["mountPath"]))
+        if mount.get("readOnly"):
+            problems.append(f"{name}: {mount['mountPath']} read-only")
+        claims.add((mount["mountPath"], volumes[mount["name"]].get("persistentVolumeClaim", {}).get("claimName")))
+    if len(claims) > 1 or None in {c for _, c in claims}:
+        problems.append(f"not one shared claim at one path: {sorted(claims, key=str)}")
+    return problems
+
+
 def gpu_pods_without_toleration(cluster_spec: dict) -> list[str]:
     bad = []
     for name, pod in pods(cluster_spec).items():
@@ -76,12 +103,44 @@ def test_rayjob_paths_are_mounted_on_every_pod_and_base_model_is_set():
     assert gpu_pods_without_toleration(job["spec"]["rayClusterSpec"]) == []
 
 
+def test_rayjob_out_root_is_one_shared_writable_volume_declared_shared():
+    """`check_storage_root` refuses a multi-node run whose --out is not a mount every node sees, declared
+    shared_storage=true: the manifest must pass it (the head runs the driver, the GPU pods the workers)."""
+    job = load("kuberay-rayjob.yaml")
+    assert out_root(job).startswith("/"), out_root(job)
+    assert out_root_problems(job, job["spec"]["rayClusterSpec"]) == []
+
+
+def test_the_out_root_check_catches_a_missing_mount_a_read_only_one_another_claim_and_no_declaration():
+    job = load("kuberay-rayjob.yaml")
+    root = out_root(job)
+    spec = job["spec"]["rayClusterSpec"]
+    worker = spec["workerGroupSpecs"][0]["template"]["spec"]
+    mount = next(m for m in worker["containers"][0]["volumeMounts"] if root.startswith(m["mountPath"] + "/"))
+
+    undeclared = copy.deepcopy(job)
+    undeclared["spec"]["entrypoint"] = undeclared["spec"]["entrypoint"].replace("shared_storage=true", "")
+    assert out_root_problems(undeclared, spec) == ["no shared_storage=true"]
+    for edit, expected in [
+        (lambda w: w["containers"][0]["volumeMounts"].remove(mount), f"gpu: {root} not mounted"),
+        (lambda w: w["containers"][0]["volumeMounts"][w["containers"][0]["volumeMounts"].index(mount)].update(readOnly=True),
+         f"gpu: {mount['mountPath']} read-only"),
+        (lambda w: next(v for v in w["volumes"] if v["name"] == mount["name"]).update(
+            persistentVolumeClaim={"claimName": "node-local"}), "not one shared claim at one path"),
+    ]:
+        broken = copy.deepcopy(spec)
+        edit(broken["workerGroupSpecs"][0]["template"]["spec"])
+        assert any(p.startswith(expected) for p in out_root_problems(job, broken)), expected
+
+
 def test_raycluster_holds_what_the_rayjob_reads():
     """The long-lived RayCluster takes the same jobs through `ray job submit`."""
-    paths = job_paths(load("kuberay-rayjob.yaml"))
+    job = load("kuberay-rayjob.yaml")
+    paths = job_paths(job)
     spec = load("kuberay-raycluster.yaml")["spec"]
     for name, pod in pods(spec).items():
         assert unmounted(pod, paths) == [], name
+    assert out_root_problems(job, spec) == []
     assert gpu_pods_without_toleration(spec) == []
 
 

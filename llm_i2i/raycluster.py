@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from llm_i2i.progress import log
+from llm_i2i.uri import filesystem, is_uri, uri_join
 
 LOCAL = "local"
 
@@ -64,28 +65,47 @@ def gpus_per_actor(requested: float | None) -> float:
     return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
 
 
-def _sees(path: str, token: str) -> bool:
-    p = Path(path)
-    return p.exists() and p.read_text() == token
+def _sees(location: str, token: str) -> bool:
+    """Whether this process reads `token` at `location` (a path, or a URI through pyarrow)."""
+    if not is_uri(location):
+        p = Path(location)
+        return p.exists() and p.read_text() == token
+    try:
+        fs, path = filesystem(location)
+        with fs.open_input_stream(path) as f:
+            return f.read().decode() == token
+    except OSError:  # unreachable endpoint, no credentials on that node, not found
+        return False
 
 
 def nodes_not_seeing(root: str) -> list[str]:
-    """Ids of the alive nodes on which a marker the driver just wrote under `root` is not visible."""
+    """Ids of the alive nodes on which a marker the driver just wrote under `root` (a path or a URI) is not
+    readable."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     token = secrets.token_hex(8)
-    Path(root).mkdir(parents=True, exist_ok=True)
-    marker = Path(root).resolve() / f".shared_storage_probe_{token}"
-    marker.write_text(token)
+    name = f".shared_storage_probe_{token}"
+    if is_uri(root):
+        fs, base = filesystem(root)
+        fs.create_dir(base, recursive=True)
+        marker, where = f"{base}/{name}", uri_join(root, name)
+        with fs.open_output_stream(marker) as f:
+            f.write(token.encode())
+        remove = lambda: fs.delete_file(marker)  # noqa: E731
+    else:
+        Path(root).mkdir(parents=True, exist_ok=True)
+        path = Path(root).resolve() / name
+        path.write_text(token)
+        where, remove = str(path), path.unlink
     try:
         check = ray.remote(num_cpus=0)(_sees)
         nodes = [n["NodeID"] for n in alive_nodes()]
-        refs = [check.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n, soft=False)).remote(str(marker), token)
+        refs = [check.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n, soft=False)).remote(where, token)
                 for n in nodes]
         return [n for n, ok in zip(nodes, ray.get(refs, timeout=300)) if not ok]
     finally:
-        marker.unlink()
+        remove()
 
 
 def check_storage_root(root: str, shared: bool, n_nodes: int | None = None,
@@ -93,18 +113,21 @@ def check_storage_root(root: str, shared: bool, n_nodes: int | None = None,
     """Stop a multi-node run whose storage root lives on the driver's disk, before any stage runs.
 
     Every worker reads and writes under the root (datasets, tokenizers, checkpoints, Train storage, stage
-    artifacts), so on more than one node it must be a mount that every node sees at the same path, declared
-    with `shared_storage: true` and checked here with a marker file every node must read (`unseen_by`).
-    URI roots (s3://...) are staged through a cache on the driver's disk by `ArtifactStore`, so workers on
-    other nodes cannot read them either: refused too, with the same advice.
+    artifacts), so on more than one node it must be either a URI (s3://...: each node fetches what it reads into
+    its own cache and writes through the URI, see `pipeline/artifacts.py`) or a mount that every node sees at
+    the same path, declared with `shared_storage: true`. Either way every node must read a marker the driver
+    writes there (`unseen_by`): a node without the mount, or without the endpoint or credentials, stops the run.
     """
     n_nodes = len(alive_nodes()) if n_nodes is None else n_nodes
     if n_nodes <= 1:
         return
-    if "://" in str(root):
-        raise ValueError(f"storage root {root}: a URI root is staged through the driver's local disk, which the "
-                         f"other {n_nodes - 1} node(s) cannot read; use a shared mount (same path on every node) "
-                         "and set shared_storage=true")
+    if is_uri(root):
+        blind = unseen_by(str(root))
+        if blind:
+            raise ValueError(f"storage root {root}: {len(blind)} of {n_nodes} node(s) cannot read an object the "
+                             f"driver wrote there ({', '.join(n[:12] for n in blind)}): give every node the "
+                             "endpoint and credentials of that store")
+        return
     if not shared:
         raise ValueError(f"storage root {root} is a path on the driver and this Ray cluster has {n_nodes} nodes: "
                          "workers elsewhere could not read the datasets, tokenizers and checkpoints under it. Put "

@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 
 from llm_i2i.io import atomic_path
 from llm_i2i.llm.inference import EngineSpec
+from llm_i2i.pipeline.artifacts import materialize, portable
 from llm_i2i.progress import Progress, log
 from llm_i2i.raycluster import gpus_per_actor, init_ray
 
@@ -46,6 +47,7 @@ class EngineActor:
     def __init__(self, spec: EngineSpec, batch_fn: Callable[..., pa.Table], batch_kwargs: dict[str, Any]):
         import ray
 
+        spec, batch_kwargs = materialize((spec, batch_kwargs))  # a URI root's checkpoint: this node's own copy
         self.engine = spec.build(gpu_assigned=bool(ray.get_gpu_ids()))
         self.batch_fn, self.batch_kwargs = batch_fn, batch_kwargs
 
@@ -67,7 +69,7 @@ def _batches_on_ray(table: pa.Table, spec: EngineSpec, batch_fn, batch_kwargs, n
     ds = ray.data.from_arrow(table).repartition(max(1, math.ceil(table.num_rows / batch_size)))
     ds.context.execution_options.preserve_order = True
     ds = ds.map_batches(
-        EngineActor, fn_constructor_kwargs=dict(spec=spec, batch_fn=batch_fn, batch_kwargs=batch_kwargs),
+        EngineActor, fn_constructor_kwargs=dict(spec=portable(spec), batch_fn=batch_fn, batch_kwargs=portable(batch_kwargs)),
         concurrency=num_actors, num_cpus=actor_num_cpus, num_gpus=num_gpus, batch_size=batch_size,
         batch_format="pyarrow",
         max_restarts=MAX_ACTOR_RESTARTS, max_task_retries=MAX_TASK_RETRIES,  # ray_remote_args of the actors

@@ -31,9 +31,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     import torch
 
-    from llm_i2i.llm.sft_trainer import SFTJob, train_worker
+    from llm_i2i.llm.sft_trainer import train_worker
+    from llm_i2i.pipeline.artifacts import materialize
 
-    job = SFTJob(**config["job"])
+    job = materialize(config["job"])  # paths into a URI root's artifacts: this node's own copies
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     # what Ray gave rank 0, recorded in the checkpoint manifest (whether CUDA could use it is `training.device`)
@@ -103,7 +104,9 @@ class RaySFTRunner:
         from ray.train import FailureConfig, RunConfig, ScalingConfig
         from ray.train.torch import TorchConfig, TorchTrainer
 
+        from llm_i2i.pipeline.artifacts import portable
         from llm_i2i.progress import log
+        from llm_i2i.uri import uri_join
 
         self._ensure_ray()
         gpus = cluster_gpus()
@@ -119,12 +122,13 @@ class RaySFTRunner:
                         "worker falls back to CPU")
         trainer = TorchTrainer(
             train_loop_per_worker,
-            train_loop_config={"job": dataclasses.asdict(job)},
+            train_loop_config={"job": portable(job)},
             torch_config=TorchConfig(backend="nccl" if nccl else "gloo"),
             scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu,
                                          resources_per_worker={"CPU": cfg.cpus_per_worker}),
             run_config=RunConfig(name=f"sft_{job.run_key}_{time.time_ns()}",
-                                 storage_path=str(Path(job.resume_dir) / "ray"),
+                                 storage_path=uri_join(job.shared_uri, "ray") if job.shared_uri
+                                 else str(Path(job.resume_dir) / "ray"),
                                  failure_config=FailureConfig(max_failures=MAX_FAILURES)),
         )
         trainer.fit()
@@ -133,9 +137,12 @@ class RaySFTRunner:
         """`fn` in a Ray task, on a GPU when the cluster has one: model-loading evaluation stays off the driver."""
         import ray
 
+        from llm_i2i.pipeline.artifacts import call_materialized, portable
+
         self._ensure_ray()
-        task = ray.remote(num_cpus=self.eval_cpus, num_gpus=1 if cluster_gpus() >= 1 else 0, max_retries=1)(fn)
-        return ray.get(task.remote(*args, **kwargs))
+        task = ray.remote(num_cpus=self.eval_cpus, num_gpus=1 if cluster_gpus() >= 1 else 0,
+                          max_retries=1)(call_materialized)
+        return ray.get(task.remote(fn, *portable(args), **portable(kwargs)))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,12 +29,23 @@ def test_one_node_accepts_any_root(root):
     check_storage_root(root, shared=False, n_nodes=1)
 
 
-def test_multi_node_refuses_a_driver_local_root_and_a_cached_uri_root():
+def test_multi_node_refuses_a_driver_local_root_and_accepts_a_uri_every_node_reads():
     with pytest.raises(ValueError, match="path on the driver.*3 nodes.*shared_storage=true"):
         check_storage_root("/tmp/run", shared=False, n_nodes=3)
-    with pytest.raises(ValueError, match="URI root.*other 1 node"):
-        check_storage_root("s3://bucket/run", shared=True, n_nodes=2)
+    asked = []
+    check_storage_root("s3://bucket/run", shared=False, n_nodes=2, unseen_by=lambda root: asked.append(root) or [])
+    assert asked == ["s3://bucket/run"]  # a URI is probed too, whatever shared_storage says
+    with pytest.raises(ValueError, match="s3://bucket/run: 1 of 2 node.*abcdef012345.*endpoint and credentials"):
+        check_storage_root("s3://bucket/run", shared=True, n_nodes=2, unseen_by=lambda root: ["abcdef0123456789"])
     check_storage_root("/mnt/shared/run", shared=True, n_nodes=3, unseen_by=lambda root: [])
+
+
+def test_the_probe_reads_a_uri_marker_and_a_missing_one_is_not_seen(tmp_path):
+    from llm_i2i.raycluster import _sees
+
+    (tmp_path / "m").write_text("tok")
+    assert _sees((tmp_path / "m").as_uri(), "tok") and not _sees((tmp_path / "m").as_uri(), "other")
+    assert not _sees((tmp_path / "absent").as_uri(), "tok") and _sees(str(tmp_path / "m"), "tok")
 
 
 def test_a_root_declared_shared_that_some_node_cannot_read_is_refused():

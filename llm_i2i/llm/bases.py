@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llm_i2i.io import atomic_dir, sha256_file
+from llm_i2i.uri import cache_root  # converted bases are large and shared across runs
 
 BASE_MANIFEST = "llm_i2i_base.json"
 CONVERSION_VERSION = 1  # bump when the conversion itself changes, so old caches are rebuilt
@@ -42,13 +43,6 @@ PACKAGED: dict[str, PackagedBase] = {
 
 class BaseModelError(ValueError):
     """`model.base_model` names nothing usable; the message says what was looked for and how to get it."""
-
-
-def cache_root() -> Path:
-    """`$LLM_I2I_CACHE`, else the user's cache directory: converted bases are large and shared across runs."""
-    env = os.environ.get("LLM_I2I_CACHE")
-    root = Path(env) if env else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "llm_i2i"
-    return root
 
 
 def packaged_gguf(name: str) -> Path:

@@ -27,6 +27,7 @@ from llm_i2i.llm.modeling import MANIFEST
 from llm_i2i.llm.sft_config import SFTConfig
 from llm_i2i.llm.sft_data import content_fingerprint
 from llm_i2i.llm.sft_metrics import discriminator_auc, evaluate_generator, roc_auc
+from llm_i2i.llm.sft_resume import SharedWork
 from llm_i2i.llm.sft_trainer import SFTJob, train_worker
 from llm_i2i.llm.tokenizer import build_tokenizer
 from llm_i2i.progress import log
@@ -95,9 +96,13 @@ def finished_key(out_dir: Path) -> str | None:
         return None
 
 
-def run_sft(cfg: SFTConfig, dataset_dir: str | Path, out_dir: str | Path, runner: SFTRunner | None = None) -> Path | None:
+def run_sft(cfg: SFTConfig, dataset_dir: str | Path, out_dir: str | Path, runner: SFTRunner | None = None,
+            shared_uri: str | None = None) -> Path | None:
     """Train the `cfg.role` LLM on the dataset at `dataset_dir` into the HF checkpoint dir `out_dir`.
 
+    `shared_uri` (a URI storage root's `_work/<stage>-<key>`): the workers share tokenizer, resume states and
+    the finished checkpoint there instead of under `out_dir` (`sft_resume.SharedWork`), so they may run on nodes
+    that cannot see this one's disk; the checkpoint is then fetched into `out_dir`.
     Returns `out_dir`, or None when `stop_after_steps` stopped the run early (run again to resume).
     """
     cfg.validate()
@@ -105,18 +110,25 @@ def run_sft(cfg: SFTConfig, dataset_dir: str | Path, out_dir: str | Path, runner
     dataset_dir, out_dir = Path(dataset_dir), Path(out_dir)
     fingerprints = _fingerprints(cfg, dataset_dir)  # fails on a missing dataset before any reuse
     key = run_key(cfg, fingerprints)
-    if finished_key(out_dir) == key:
+    shared = SharedWork(shared_uri) if shared_uri else None
+    if finished_key(out_dir) == key or (shared and shared.fetch_model(out_dir, key, MANIFEST)):
         log.info(f"{out_dir} already holds this SFT run (run key {key}); skipping")
         return out_dir
     resume = resume_dir_of(out_dir)
     _prepare_resume_dir(resume, key, cfg, dataset_dir)
+    if shared:
+        shared.publish(resume / "tokenizer", key)
     job = SFTJob(to_dict(cfg), str(dataset_dir.resolve()) if dataset_dir.exists() else str(dataset_dir),
-                 str(out_dir.resolve()), str(resume.resolve()), key, cfg.use_gpu, fingerprints)
+                 str(out_dir.resolve()), str(resume.resolve()), key, cfg.use_gpu, fingerprints, shared_uri)
     runner.train(job, cfg)
+    if shared:
+        shared.fetch_model(out_dir, key, MANIFEST)
     if finished_key(out_dir) != key:
-        log.info(f"SFT stopped before the end; its resume state is in {resume}: run again to continue")
+        log.info(f"SFT stopped before the end; its resume state is in {shared_uri or resume}: run again to continue")
         return None
     shutil.rmtree(resume, ignore_errors=True)
+    if shared:
+        shared.drop_states()
     return out_dir
 
 

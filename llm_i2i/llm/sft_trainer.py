@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,12 +23,12 @@ import torch
 
 from llm_i2i.config import from_dict, to_dict
 from llm_i2i.llm.losses import SFTObjective
-from llm_i2i.llm.modeling import build_model, save_checkpoint
+from llm_i2i.llm.modeling import MANIFEST, build_model, save_checkpoint
 from llm_i2i.llm.sft_config import SFTConfig
 from llm_i2i.llm.sft_data import Prepared, collate, epoch_batches, prepare_sft
 from llm_i2i.llm.sft_metrics import final_metrics, select_metric
-from llm_i2i.llm.sft_resume import (ResumeStore, flatten_optimizer_state, load_weights, unflatten_optimizer_state,
-                                    weights_of)
+from llm_i2i.llm.sft_resume import (RemoteResumeStore, ResumeStore, SharedWork, flatten_optimizer_state, load_weights,
+                                    unflatten_optimizer_state, weights_of)
 from llm_i2i.llm.tokenizer import answer_token_ids, item_vocabulary
 from llm_i2i.progress import Progress, log
 
@@ -44,6 +44,7 @@ class SFTJob:
     run_key: str  # config + data (+ base checkpoint) content; a finished out_dir carries it in its manifest
     use_gpu: bool | None
     manifest: dict[str, Any] = field(default_factory=dict)  # extra manifest fields (fingerprints)
+    shared_uri: str | None = None  # a URI the workers share instead of out_dir / resume_dir (`SharedWork`)
 
     @property
     def tokenizer_dir(self) -> Path:
@@ -211,13 +212,20 @@ def train_worker(job: SFTJob, rank: int = 0, world: int = 1,
     cfg = from_dict(SFTConfig, job.config)
     torch.set_num_threads(training_threads(cfg.threads))
     barrier, broadcast = _collective(world)
+    shared = SharedWork(job.shared_uri) if job.shared_uri else None
+    if shared:  # this node's scratch: the tokenizer fetched, the checkpoint built here then uploaded
+        local = shared.local_dir()
+        job = replace(job, out_dir=str(local / "model"), resume_dir=str(local))
     device = usable_device(bool(job.use_gpu))
     prep = prepare_sft(cfg, job.dataset_dir, load_tokenizer(job.tokenizer_dir))
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, prep.tokenizer, prep.items, device)
     dtype = next(model.parameters()).dtype
     objective = make_objective(cfg, prep, model).to(device)
-    store = ResumeStore(job.states_dir, job.run_key, rank, world, barrier)
+    if shared:  # per rank: ranks of one node download different optimizer files
+        store = RemoteResumeStore(shared.states_uri, job.states_dir / f"rank{rank}", job.run_key, rank, world, barrier)
+    else:
+        store = ResumeStore(job.states_dir, job.run_key, rank, world, barrier)
     resumed = store.load(str(dtype))
     if resumed is not None:
         load_weights(model, resumed.model, str(resumed.path))
@@ -304,6 +312,8 @@ def train_worker(job: SFTJob, rank: int = 0, world: int = 1,
             report(metrics)
     if rank == 0:
         _write_checkpoint(job, cfg, prep, model, best, state, world)
+        if shared:
+            shared.upload_model(Path(job.out_dir), MANIFEST)
     barrier()
     return True
 

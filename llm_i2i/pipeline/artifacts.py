@@ -9,7 +9,11 @@ hashes: other stages' outputs, and `fingerprint_path` of anything outside the st
 resumes at the first unfinished stage. Locally, outputs are built in a temp directory, fsynced and renamed into
 place (atomic, durable). For any other pyarrow filesystem URI (``s3://``, ``gs://``, ``file://``...) the stage
 runs in a local scratch directory that is then uploaded file by file, manifest last; inputs are downloaded into
-a private per-user local cache first, because the stages' libraries (HF, Ray Data) want local paths.
+a private per-user cache on this node first, because the stages' libraries (HF, Ray Data) want local paths.
+
+Ray workers on other nodes never read the driver's cache: `portable` turns the driver's paths into its cached
+artifacts into `NodeLocalPath`s (root, artifact, content hash, path inside), and `materialize`, called in the
+worker, fetches that artifact into the worker node's own cache (`llm_i2i.uri.fetch_dir`) and returns the path.
 
 One process at a time writes a root: `ArtifactStore.locked()` holds an exclusive lock on it (released by the
 kernel when the process dies, so a killed run never blocks the next one).
@@ -18,12 +22,12 @@ kernel when the process dies, so a killed run never blocks the next one).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import json
 import os
 import shutil
-import stat
 import tempfile
 import threading
 import time
@@ -36,6 +40,7 @@ import pyarrow.fs as pafs
 from llm_i2i.config import config_hash
 from llm_i2i.io import atomic_dir, sha256_file, write_json
 from llm_i2i.progress import log
+from llm_i2i.uri import exists, fetch_dir, filesystem, is_uri, private_cache_dir, uri_join
 
 MANIFEST = "manifest.json"
 LOCK = ".lock"
@@ -43,10 +48,6 @@ LOCK = ".lock"
 
 class OutDirInUse(ValueError):
     """Another process is writing this output root (a ValueError: the CLI reports it and exits 2)."""
-
-
-def _is_uri(root: str) -> bool:
-    return "://" in str(root)
 
 
 @dataclass
@@ -79,8 +80,8 @@ class ArtifactStore:
 
     def __post_init__(self) -> None:
         self.root = str(self.root)
-        if _is_uri(self.root):
-            self.fs, self.base = pafs.FileSystem.from_uri(self.root)
+        if is_uri(self.root):
+            self.fs, self.base = filesystem(self.root)
             if self.cache_dir is None:
                 self.cache_dir = private_cache_dir(self.root)
         else:
@@ -99,14 +100,23 @@ class ArtifactStore:
         (`stage_key` of what the work depends on), so a run with other data or config never resumes another's."""
         return self._local_base() / "_work" / f"{name}-{key}"
 
+    def work_uri(self, name: str, key: str) -> str | None:
+        """For a URI root, where the workers of a stage that checkpoints its progress (SFT) share it:
+        `<root>/_work/<name>-<key>`; None for a local root (the work dir itself is shared then)."""
+        return None if self.fs is None else uri_join(self.root, "_work", f"{name}-{key}")
+
     def prune_work_dirs(self, name: str, keep: Path) -> None:
         """Remove the stage's work directories of superseded keys (and the unkeyed one of older versions), with
-        their `.<dir>.resume` siblings."""
+        their `.<dir>.resume` siblings; for a URI root also the superseded `<root>/_work/<name>-<key>`."""
         work = self._local_base() / "_work"
         for d in list(work.glob(f"{name}*")) + list(work.glob(f".{name}*.resume")):
             base = d.name[1:-len(".resume")] if d.name.endswith(".resume") else d.name
             if base != keep.name and (base == name or base.startswith(f"{name}-")):
                 shutil.rmtree(d, ignore_errors=True)
+        if self.fs is not None and exists(self.fs, f"{self.base}/_work"):
+            for info in self.fs.get_file_info(pafs.FileSelector(f"{self.base}/_work")):
+                if info.base_name != keep.name and info.base_name.startswith(f"{name}-"):
+                    self.fs.delete_dir(info.path)
 
     def _local_base(self) -> Path:
         return Path(self.base) if self.fs is None else Path(self.cache_dir)
@@ -180,14 +190,9 @@ class ArtifactStore:
         m = self.manifest(name)
         if m is None:
             raise FileNotFoundError(f"{self.root}/{name}: no finished artifact (missing {MANIFEST}); run its stage first")
-        local = self.local_dir(name)
-        if self.fs is not None:
-            cached = local / MANIFEST
-            if not (cached.exists() and json.loads(cached.read_text()).get("output_hash") == m["output_hash"]):
-                with atomic_dir(local) as tmp:
-                    pafs.copy_files(f"{self.base}/{name}", str(tmp), source_filesystem=self.fs,
-                                    destination_filesystem=pafs.LocalFileSystem())
-        return Artifact(name, local, m)
+        if self.fs is None:
+            return Artifact(name, self.local_dir(name), m)
+        return Artifact(name, localize(self.root, name, m["output_hash"], self.cache_dir), m)
 
     # ------------------------------------------------------------------ running
 
@@ -234,6 +239,7 @@ class ArtifactStore:
                 with atomic_dir(self.local_dir(name)) as tmp:
                     shutil.copytree(scratch, tmp, dirs_exist_ok=True)
                     write_json(manifest, tmp / MANIFEST)
+                _register(self.local_dir(name), self.root, name, manifest["output_hash"])
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
         seconds = time.perf_counter() - t0
@@ -293,33 +299,84 @@ def fingerprint_path(path: str | os.PathLike) -> str:
     return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
 
 
-def private_cache_dir(root: str) -> Path:
-    """The local cache of a remote root: `<user cache dir>/llm_i2i/remote-<hash of root>`, mode 0700.
+def localize(root: str, name: str, output_hash: str, cache: Path | None = None) -> Path:
+    """This node's copy of the finished artifact `name` of the URI root `root` with content hash `output_hash`:
+    `<this node's cache of root>/<name>`, fetched if absent or of other content. Fails when the root no longer
+    holds that content (a later run replaced the artifact)."""
+    fs, base = filesystem(root)
+    local = (cache or private_cache_dir(root)) / name
 
-    Under the user's own cache directory (XDG_CACHE_HOME or ~/.cache), never a predictable name in a shared /tmp
-    that another user could create first and fill. Where that directory cannot be used, a fresh
-    `tempfile.mkdtemp` (private, not reused across runs).
-    """
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "llm_i2i"
-    key = hashlib.sha256(root.encode()).hexdigest()[:16]
-    try:
-        base.mkdir(parents=True, exist_ok=True, mode=0o700)
-        _require_private(base)
-        path = base / f"remote-{key}"
-        path.mkdir(exist_ok=True, mode=0o700)
-        _require_private(path)
-        return path
-    except OSError as e:
-        path = Path(tempfile.mkdtemp(prefix=f"llm_i2i_cache_{key}_"))
-        log.warning(f"cache for {root}: {e}; using the private temp directory {path} (not reused by later runs)")
-        return path
+    def current(d: Path) -> bool:
+        m = d / MANIFEST
+        return m.exists() and json.loads(m.read_text()).get("output_hash") == output_hash
+
+    if not current(local):
+        remote = f"{base}/{name}/{MANIFEST}"
+        found = json.loads(fs.open_input_stream(remote).read().decode()).get("output_hash") if exists(fs, remote) else None
+        if found != output_hash:
+            raise ValueError(f"{root}/{name}: holds {f'content {found}' if found else 'no finished artifact'}, not the "
+                             f"{output_hash} this worker was given (another run replaced it); rerun the stage")
+    fetch_dir(fs, f"{base}/{name}", local, current)
+    _register(local, root, name, output_hash)
+    return local
 
 
-def _require_private(path: Path) -> None:
-    """A real directory owned by this user, closed to others (tightened to 0700 if it is ours but wider)."""
-    st = os.lstat(path)
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
-        raise PermissionError(f"{path}: not a directory owned by this user (uid {os.getuid()}); refusing to cache "
-                              f"artifacts there")
-    if st.st_mode & 0o077:
-        os.chmod(path, 0o700)
+@dataclass(frozen=True)
+class NodeLocalPath:
+    """A path inside a finished artifact of a URI root, as it travels to a Ray worker: `resolve()` on whichever
+    node holds it gives that node's own copy (`localize`), never the driver's."""
+
+    root: str
+    name: str
+    output_hash: str
+    rel: str
+    as_path: bool  # a Path where the driver had one, else a str
+
+    def resolve(self) -> Path | str:
+        p = localize(self.root, self.name, self.output_hash)
+        p = p / self.rel if self.rel else p
+        return p if self.as_path else str(p)
+
+
+_LOCAL_COPIES: dict[Path, tuple[str, str, str]] = {}  # this process's copies: local dir -> (root, name, hash)
+
+
+def _register(local: Path, root: str, name: str, output_hash: str) -> None:
+    for key in {Path(os.path.abspath(local)), Path(local).resolve()}:
+        _LOCAL_COPIES[key] = (root, name, output_hash)
+
+
+def portable(value: Any) -> Any:
+    """`value` (paths, strings, and dicts / lists / tuples / dataclasses of them) with every path into this
+    process's copy of a remote artifact replaced by a `NodeLocalPath`; everything else as is."""
+    if isinstance(value, (str, Path)) and _LOCAL_COPIES and os.path.isabs(value):
+        p = Path(os.path.normpath(value))
+        for local, (root, name, output_hash) in _LOCAL_COPIES.items():
+            if p == local or local in p.parents:
+                return NodeLocalPath(root, name, output_hash, "" if p == local else p.relative_to(local).as_posix(),
+                                     isinstance(value, Path))
+        return value
+    return _walk(value, portable)
+
+
+def materialize(value: Any) -> Any:
+    """The inverse of `portable`, on the node that calls it: every `NodeLocalPath` becomes this node's path."""
+    if isinstance(value, NodeLocalPath):
+        return value.resolve()
+    return _walk(value, materialize)
+
+
+def call_materialized(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """`fn` on `portable` arguments, resolved on this node first: what a Ray task runs."""
+    return fn(*materialize(args), **materialize(kwargs))
+
+
+def _walk(value: Any, fn: Callable[[Any], Any]) -> Any:
+    if isinstance(value, dict):
+        return {k: fn(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(fn(v) for v in value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.replace(value, **{f.name: fn(getattr(value, f.name))
+                                             for f in dataclasses.fields(value) if f.init})
+    return value

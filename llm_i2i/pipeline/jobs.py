@@ -11,6 +11,7 @@ import argparse
 from typing import Any, Callable, Iterable
 
 from llm_i2i.config import load_config
+from llm_i2i.pipeline.artifacts import call_materialized, portable
 from llm_i2i.pipeline.config import PipelineConfig
 from llm_i2i.progress import Progress
 
@@ -37,8 +38,8 @@ def ray_map(num_cpus: float) -> Callable[[Callable[..., Any], Iterable[tuple]], 
     def run(fn: Callable[..., Any], args: Iterable[tuple]) -> list:
         import ray
 
-        remote = ray.remote(num_cpus=num_cpus)(fn)
-        refs = [remote.remote(*a) for a in args]
+        remote = ray.remote(num_cpus=num_cpus)(call_materialized)
+        refs = [remote.remote(fn, *portable(tuple(a))) for a in args]  # each node reads its own copy of the inputs
         prog = Progress(len(refs), "I2I fits", "fits", every_s=0)
         pending = list(refs)
         while pending:

@@ -43,7 +43,7 @@ BASELINE, LLM_I2I = "no_aug", "llm_i2i"
 class LLMOps:
     """The LLM calls the pipeline makes; `real_llm_ops(runners)` binds them to `llm_i2i.llm`."""
 
-    sft: Callable[[dict[str, Any], Path, Path], Path]  # (config, dataset_dir, out_dir) -> checkpoint dir
+    sft: Callable[[dict[str, Any], Path, Path, str | None], Path]  # (config, dataset_dir, out_dir, shared_uri) -> ckpt
     generate: Callable[[dict[str, Any], Path, Path, Path], dict]  # (config, ckpt, dataset_dir, out_path) -> stats
     discriminate: Callable[[dict[str, Any], Path, Path, Path, Path], dict]  # (+ pairs_path) -> stats
     evaluate_generator: Callable[[Path, Path, Any, dict[str, Any]], dict]  # (ckpt, dataset_dir, eval_cfg, gen cfg)
@@ -58,11 +58,11 @@ def real_llm_ops(runners: Runners) -> LLMOps:
 
     runner = runners.sft or LocalRunner()
 
-    def sft(cfg: dict[str, Any], dataset_dir: Path, out_dir: Path) -> Path:
+    def sft(cfg: dict[str, Any], dataset_dir: Path, out_dir: Path, shared_uri: str | None) -> Path:
         from llm_i2i.config import from_dict
         from llm_i2i.llm.sft import SFTConfig, run_sft
 
-        ckpt = run_sft(from_dict(SFTConfig, cfg), dataset_dir, out_dir, runner)
+        ckpt = run_sft(from_dict(SFTConfig, cfg), dataset_dir, out_dir, runner, shared_uri)
         if ckpt is None:
             raise RuntimeError(f"SFT stopped early (stop_after_steps); its resume state is in {out_dir}: run again")
         return Path(ckpt)
@@ -173,10 +173,11 @@ def sft(store: ArtifactStore, cfg: PipelineConfig, role: str, data: Artifact, op
         external["base_model"] = fingerprint_path(sft_cfg["model"]["base_model"])
     # outside the atomic dir so an interrupted SFT resumes from its checkpoints; keyed by the config and the content
     # hashes of the data and base checkpoint, so new data never resumes (or reuses the finished model of) an old run
-    work = store.work_dir(name, store.stage_key(sft_cfg, inputs, external))
+    key = store.stage_key(sft_cfg, inputs, external)
+    work = store.work_dir(name, key)
 
     def train(out: Path) -> dict[str, Any]:
-        ckpt = ops.sft(run_cfg, dataset_dir(data), work)
+        ckpt = ops.sft(run_cfg, dataset_dir(data), work, store.work_uri(name, key))
         # copied, not moved: if this process dies before the manifest lands, the rerun finds the finished
         # checkpoint in `work` (run_sft skips a run whose manifest matches its config)
         shutil.copytree(ckpt, out / "model")

@@ -4,6 +4,8 @@ A head that declares 0 GPUs and two worker nodes that declare one GPU each (this
 Train workers that get one fall back to CPU). The pipeline goes in through `ray job submit` with token auth on,
 exactly as on a real cluster; Ray's state API (`ray list ...`) then shows where each piece ran and what it held,
 and the report must carry the same metrics as the single-process `llm-i2i run` on the same config.
+The CI variant writes to a URI root (`file://`, through pyarrow as `s3://` would) with a cache per node, so every
+worker must fetch its inputs itself; the full variant writes to a shared mount (`shared_storage=true`).
 """
 
 from __future__ import annotations
@@ -54,15 +56,18 @@ def auth_env(tmp_path):
 
 
 @pytest.fixture
-def cluster(auth_env):
-    """Head: 1 CPU, 0 GPU. Two workers: 2 CPUs, 1 (declared) GPU each."""
-    proc = subprocess.Popen([sys.executable, "-m", "tests.cluster.local_cluster", "1", "2", "2", "1"], cwd=REPO,
+def cluster(auth_env, tmp_path):
+    """Head: 1 CPU, 0 GPU. Two workers: 2 CPUs, 1 (declared) GPU each. Each node has its own cache directory
+    (`caches`: tmp_path/caches/{head,node0,node1})."""
+    caches = tmp_path / "caches"
+    proc = subprocess.Popen([sys.executable, "-m", "tests.cluster.local_cluster", "1", "2", "2", "1", str(caches)],
+                            cwd=REPO,
                             env=auth_env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline()
         if not line:
             pytest.fail(f"the local cluster did not start (exit {proc.wait(60)})")
-        yield json.loads(line)
+        yield {**json.loads(line), "caches": caches}
     finally:
         proc.stdin.close()  # the helper shuts down exactly the nodes it started
         proc.wait(120)
@@ -101,9 +106,10 @@ def metrics_of(report_path: Path) -> dict:
     return {k: report[k] for k in METRIC_KEYS}
 
 
-def run_on_cluster_and_alone(tmp_path, env, cluster, config: dict, expected: dict[str, int]) -> dict:
+def run_on_cluster_and_alone(tmp_path, env, cluster, config: dict, expected: dict[str, int], uri_root: bool) -> dict:
     """Submit `config` to the cluster, check where its GPU work ran (`expected`: how many SFT workers and
-    inference actors at least), run it alone, compare the reports; returns both wall times."""
+    inference actors at least), run it alone, compare the reports; returns both wall times. `uri_root`: the run
+    writes to a `file://` URI (each node fetching into its own cache), else to a shared mount."""
     cfg = tmp_path / "config.yaml"
     cfg.write_text(yaml.safe_dump(config))
     t0 = time.perf_counter()
@@ -113,9 +119,14 @@ def run_on_cluster_and_alone(tmp_path, env, cluster, config: dict, expected: dic
     assert status == "FAILED" and "path on the driver and this Ray cluster has 3 nodes" in logs
     assert not (tmp_path / "refused" / "prepare").exists()
 
-    # tmp_path is visible at the same path on every node of this one-machine cluster: a shared mount
-    status, logs = submit(env, cluster["dashboard"], "--config", str(cfg), "--out", str(tmp_path / "cluster"),
-                          "--set", "shared_storage=true")
+    if uri_root:  # no node reads another's disk: the driver's cache (caches/head) is never handed to a worker
+        out = (tmp_path / "bucket" / "cluster").as_uri()
+        status, logs = submit(env, cluster["dashboard"], "--config", str(cfg), "--out", out)
+        report = tmp_path / "bucket" / "cluster" / "report.json"
+    else:  # tmp_path is visible at the same path on every node of this one-machine cluster: a shared mount
+        status, logs = submit(env, cluster["dashboard"], "--config", str(cfg), "--out", str(tmp_path / "cluster"),
+                              "--set", "shared_storage=true")
+        report = tmp_path / "cluster" / "report.json"
     assert status == "SUCCEEDED", logs[-4000:]
     cluster_seconds = time.perf_counter() - t0
 
@@ -134,7 +145,15 @@ def run_on_cluster_and_alone(tmp_path, env, cluster, config: dict, expected: dic
     subprocess.run([sys.executable, "-m", "llm_i2i", "run", "--config", str(cfg), "--out", str(tmp_path / "alone")],
                    env=alone_env, cwd=REPO, check=True, timeout=1200)
     alone_seconds = time.perf_counter() - t1
-    assert metrics_of(tmp_path / "cluster" / "report.json") == metrics_of(tmp_path / "alone" / "report.json")
+    assert metrics_of(report) == metrics_of(tmp_path / "alone" / "report.json")
+    if uri_root:
+        # each GPU node fetched what its workers read into its own cache: the dataset and the generator (both
+        # SFT runs have a worker on each node; the discriminator's starts from the generator), and some node the
+        # discriminator (its inference actors, its AUC task)
+        fetched = {node: {p.parent.name for p in (cluster["caches"] / node).glob("remote-*/*/manifest.json")}
+                   for node in ("node0", "node1")}
+        assert all({"prepare", "sft_generator"} <= f for f in fetched.values()), fetched
+        assert any("sft_discriminator" in f for f in fetched.values()), fetched
 
     assert all(len(placed[k]) >= n for k, n in expected.items()), {k: len(v) for k, v in placed.items()}
     for kind, group in placed.items():
@@ -149,8 +168,9 @@ def run_on_cluster_and_alone(tmp_path, env, cluster, config: dict, expected: dic
 def test_ci_pipeline_on_three_nodes_places_gpu_work_on_gpu_nodes(tmp_path, auth_env, cluster):
     # two SFT runs x 2 workers; generate and discriminate ask for 2 actors each, but with one GPU per node a
     # stage's second actor can still be pending when its few batches are done: at least one per stage ran
-    times = run_on_cluster_and_alone(tmp_path, auth_env, cluster, CI_CONFIG, {SFT_WORKER: 4, INFERENCE_ACTOR: 2})
-    print(f"multi-node CI variant: {times}")
+    times = run_on_cluster_and_alone(tmp_path, auth_env, cluster, CI_CONFIG, {SFT_WORKER: 4, INFERENCE_ACTOR: 2},
+                                     uri_root=True)
+    print(f"multi-node CI variant (URI root): {times}")
 
 
 @pytest.mark.slow
@@ -161,5 +181,6 @@ def test_quickstart_on_three_nodes_places_gpu_work_on_gpu_nodes(tmp_path, auth_e
               "sft_discriminator": {**quickstart["sft_discriminator"], **ray_sft},
               "wo_longtail_loss": False, "generate": {**quickstart["generate"], "num_actors": 2},
               "discriminate": {**quickstart["discriminate"], "num_actors": 2}}
-    times = run_on_cluster_and_alone(tmp_path, auth_env, cluster, config, {SFT_WORKER: 4, INFERENCE_ACTOR: 4})
+    times = run_on_cluster_and_alone(tmp_path, auth_env, cluster, config, {SFT_WORKER: 4, INFERENCE_ACTOR: 4},
+                                     uri_root=False)
     print(f"multi-node quickstart: {times}")

@@ -36,7 +36,7 @@ class FakeLLM:
             self.fail_in = None
             raise RuntimeError(f"injected failure in {op}")
 
-    def sft(self, cfg, dataset_dir: Path, out_dir: Path) -> Path:
+    def sft(self, cfg, dataset_dir: Path, out_dir: Path, shared_uri: str | None = None) -> Path:
         self.sft_configs[cfg["role"]] = cfg
         manifest = out_dir / "llm_i2i_manifest.json"
         if manifest.exists() and json.loads(manifest.read_text())["config"] == cfg:

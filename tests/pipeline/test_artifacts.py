@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -111,3 +112,43 @@ def test_work_dirs_are_keyed_and_superseded_ones_pruned(tmp_path):
     store.prune_work_dirs("sft_generator", keep=b)
     assert sorted(p.name for p in a.parent.iterdir()) == [".sft_generator-k2.resume", "sft_generator-k2",
                                                           "sft_generator_alpha1-k1"]
+
+
+def _stage_writing(text: str):
+    def run(out: Path) -> dict:
+        (out / "dataset").mkdir()
+        (out / "dataset" / "x.txt").write_text(text)
+        return {}
+    return run
+
+
+def test_a_worker_reads_uri_artifacts_from_its_own_node_cache_never_the_drivers(tmp_path, monkeypatch):
+    """What the driver hands a Ray worker names the artifact and its content hash, not the driver's cache: the
+    worker (here: another LLM_I2I_CACHE, the driver's copy deleted) fetches its own copy."""
+    from llm_i2i.pipeline.artifacts import NodeLocalPath, materialize, portable
+
+    monkeypatch.setenv("LLM_I2I_CACHE", str(tmp_path / "driver"))
+    root = (tmp_path / "bucket").as_uri()
+    art = ArtifactStore(root).run_stage("prepare", {"v": 1}, {}, _stage_writing("first")).artifact
+    assert (tmp_path / "driver") in art.path.parents
+    sent = portable((str(art.path / "dataset" / "x.txt"), {"ckpt": art.path / "dataset", "n": 3}, "/elsewhere"))
+    assert isinstance(sent[0], NodeLocalPath) and sent[0].rel == "dataset/x.txt" and sent[2] == "/elsewhere"
+    assert sent[0].output_hash == art.content_hash
+
+    shutil.rmtree(tmp_path / "driver")
+    for node in ("node1", "node2"):
+        monkeypatch.setenv("LLM_I2I_CACHE", str(tmp_path / node))
+        path, args, elsewhere = materialize(sent)
+        assert isinstance(path, str) and Path(path).read_text() == "first" and (tmp_path / node) in Path(path).parents
+        assert isinstance(args["ckpt"], Path) and args["ckpt"] == Path(path).parent and args["n"] == 3
+        assert elsewhere == "/elsewhere"
+    assert not (tmp_path / "driver").exists()
+
+    # the artifact was redone since: a worker holding the old content hash refuses it instead of reading other data
+    monkeypatch.setenv("LLM_I2I_CACHE", str(tmp_path / "driver"))
+    ArtifactStore(root).run_stage("prepare", {"v": 2}, {}, _stage_writing("second"))
+    monkeypatch.setenv("LLM_I2I_CACHE", str(tmp_path / "node3"))
+    with pytest.raises(ValueError, match=f"prepare: holds content .* not the {art.content_hash}"):
+        materialize(sent)
+    monkeypatch.setenv("LLM_I2I_CACHE", str(tmp_path / "node1"))  # a node that fetched it before keeps its copy
+    assert Path(materialize(sent)[0]).read_text() == "first"

@@ -44,3 +44,40 @@ def shared_data_dir() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data not available at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """An S3-compatible server (moto) on 127.0.0.1, with one bucket `llm-i2i`; yields a function
+    `uri(path) -> "s3://llm-i2i/<path>?endpoint_override=127.0.0.1:<port>&scheme=http"` (pyarrow reads the
+    endpoint from the URI, as it would a real store's)."""
+    import os
+    import socket
+
+    moto_server = pytest.importorskip("moto.server")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
+    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        import pyarrow.fs as pafs
+
+        fs = pafs.S3FileSystem(endpoint_override=f"127.0.0.1:{port}", scheme="http", region="us-east-1",
+                               allow_bucket_creation=True)
+        fs.create_dir("llm-i2i")
+        yield lambda path: f"s3://llm-i2i/{path}?endpoint_override=127.0.0.1:{port}&scheme=http"
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+
+
+@pytest.fixture(params=["file", "s3"])
+def uri_root(request, tmp_path) -> str:
+    """A fresh URI storage root: `file://` on tmp_path, and `s3://` on the local S3 server (`s3_endpoint`)."""
+    if request.param == "file":
+        return (tmp_path / "bucket" / "run").as_uri()
+    return request.getfixturevalue("s3_endpoint")(f"run-{tmp_path.name}")

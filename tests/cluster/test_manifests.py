@@ -50,9 +50,12 @@ def out_root(rayjob: dict) -> str:
 
 
 def out_root_problems(rayjob: dict, cluster_spec: dict) -> list[str]:
-    """Why the job's `--out` would be refused on a multi-node cluster (`check_storage_root`): a local root must be
-    one writable volume (the same claim) mounted at the same path on every pod, declared shared_storage=true."""
+    """Why the job's `--out` would be refused on a multi-node cluster (`check_storage_root`): a URI (s3://...) is
+    fine; a local root must be one writable volume (the same claim) mounted at the same path on every pod,
+    declared shared_storage=true."""
     root = out_root(rayjob)
+    if "://" in root:  # a URI: every node fetches and writes through it (check_storage_root probes it)
+        return []
     problems = [] if "shared_storage=true" in rayjob["spec"]["entrypoint"] else ["no shared_storage=true"]
     claims = set()
     for name, pod in pods(cluster_spec).items():
@@ -121,6 +124,10 @@ def test_the_out_root_check_catches_a_missing_mount_a_read_only_one_another_clai
     undeclared = copy.deepcopy(job)
     undeclared["spec"]["entrypoint"] = undeclared["spec"]["entrypoint"].replace("shared_storage=true", "")
     assert out_root_problems(undeclared, spec) == ["no shared_storage=true"]
+    to_s3 = copy.deepcopy(undeclared)  # the object-store alternative needs neither the volume nor the flag
+    to_s3["spec"]["entrypoint"] = to_s3["spec"]["entrypoint"].replace(f"--out {root}", "--out s3://bucket/run")
+    assert out_root(to_s3) == "s3://bucket/run" and out_root_problems(to_s3, {"headGroupSpec": {"template": {
+        "spec": {"containers": [{}]}}}}) == []
     for edit, expected in [
         (lambda w: w["containers"][0]["volumeMounts"].remove(mount), f"gpu: {root} not mounted"),
         (lambda w: w["containers"][0]["volumeMounts"][w["containers"][0]["volumeMounts"].index(mount)].update(readOnly=True),

@@ -122,13 +122,13 @@ def _stage_writing(text: str):
     return run
 
 
-def test_a_worker_reads_uri_artifacts_from_its_own_node_cache_never_the_drivers(tmp_path, monkeypatch):
+def test_a_worker_reads_uri_artifacts_from_its_own_node_cache_never_the_drivers(uri_root, tmp_path, monkeypatch):
     """What the driver hands a Ray worker names the artifact and its content hash, not the driver's cache: the
-    worker (here: another LLM_I2I_CACHE, the driver's copy deleted) fetches its own copy."""
+    worker (here: another LLM_I2I_CACHE, the driver's copy deleted) fetches its own copy (file:// and S3)."""
     from llm_i2i.pipeline.artifacts import NodeLocalPath, materialize, portable
 
     monkeypatch.setenv("LLM_I2I_CACHE", str(tmp_path / "driver"))
-    root = (tmp_path / "bucket").as_uri()
+    root = uri_root
     art = ArtifactStore(root).run_stage("prepare", {"v": 1}, {}, _stage_writing("first")).artifact
     assert (tmp_path / "driver") in art.path.parents
     sent = portable((str(art.path / "dataset" / "x.txt"), {"ckpt": art.path / "dataset", "n": 3}, "/elsewhere"))

@@ -10,6 +10,7 @@ import argparse
 import os
 
 from llm_i2i.io import write_json, write_parquet, write_text
+from llm_i2i.pipeline.artifacts import materialize, portable
 from llm_i2i.pipeline.stages import real_llm_ops
 from llm_i2i.pipeline.tune import OBJECTIVE, load_sweep, prepare_generators, summarize, trial_metrics
 from llm_i2i.progress import log, setup_logging
@@ -30,10 +31,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     sweep = load_sweep(args.config, args.set)
     init_ray(args.address)
-    data_dir, scored = prepare_generators(sweep, real_llm_ops(ray_runners()))
+    # a URI run's artifacts travel as (artifact, content hash): each trial reads its node's own copy
+    data_dir, scored = portable(prepare_generators(sweep, real_llm_ops(ray_runners())))
 
     def trainable(params: dict) -> None:
-        tune.report(trial_metrics(params, data_dir, scored[params["generator"]], sweep.eval_preset))
+        tune.report(trial_metrics(params, *materialize((data_dir, scored[params["generator"]])), sweep.eval_preset))
 
     grid = sweep.grid(list(scored))
     space = {k: tune.grid_search(sorted({g[k] for g in grid})) for k in grid[0]}

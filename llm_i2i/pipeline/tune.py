@@ -20,6 +20,7 @@ from llm_i2i.data import leave_one_out, read_canonical
 from llm_i2i.eval.protocol import EvalConfig
 from llm_i2i.pipeline.cut import OBJECTIVE, validation_metrics
 from llm_i2i.pipeline.fuse import FuseConfig
+from llm_i2i.uri import is_uri, uri_join
 
 @dataclass
 class SweepConfig:
@@ -82,7 +83,8 @@ def prepare_generators(sweep: SweepConfig, ops) -> tuple[str, dict[str, str]]:
     for label, ckpt in sweep.generators.items():
         gcfg = replace(cfg, generator_checkpoint=ckpt, discriminator_checkpoint=disc, score_real=False,
                        wo_longtail_loss=False, generate=replace(cfg.generate, recall_number=n_max))
-        root = str(Path(sweep.pipeline_out) / "tune_generators" / label.replace("=", "_"))
+        root = uri_join(sweep.pipeline_out, "tune_generators", label.replace("=", "_")) if is_uri(sweep.pipeline_out) \
+            else str(Path(sweep.pipeline_out) / "tune_generators" / label.replace("=", "_"))
         store = ArtifactStore(root)
         for stage in ("prepare", "sft_generator", "sft_discriminator", "generate", "discriminate"):
             run_stage(stage, gcfg, root, ops, store=store)

@@ -69,7 +69,8 @@ def _batches_on_ray(table: pa.Table, spec: EngineSpec, batch_fn, batch_kwargs, n
     ds = ray.data.from_arrow(table).repartition(max(1, math.ceil(table.num_rows / batch_size)))
     ds.context.execution_options.preserve_order = True
     ds = ds.map_batches(
-        EngineActor, fn_constructor_kwargs=dict(spec=portable(spec), batch_fn=batch_fn, batch_kwargs=portable(batch_kwargs)),
+        EngineActor,
+        fn_constructor_kwargs=dict(spec=portable(spec), batch_fn=batch_fn, batch_kwargs=portable(batch_kwargs)),
         concurrency=num_actors, num_cpus=actor_num_cpus, num_gpus=num_gpus, batch_size=batch_size,
         batch_format="pyarrow",
         max_restarts=MAX_ACTOR_RESTARTS, max_task_retries=MAX_TASK_RETRIES,  # ray_remote_args of the actors

@@ -32,8 +32,8 @@ def test_upload_then_fetch_once_per_node(uri_root, tmp_path, monkeypatch):
 
     local = tmp_path / "node" / "dir"
     results = []
-    threads = [threading.Thread(target=lambda: results.append(fetch_dir(fs, base, local, lambda d: (d / "DONE").exists())))
-               for _ in range(4)]
+    done = lambda d: (d / "DONE").exists()  # noqa: E731
+    threads = [threading.Thread(target=lambda: results.append(fetch_dir(fs, base, local, done))) for _ in range(4)]
     [t.start() for t in threads]
     [t.join(60) for t in threads]
     assert results == [local] * 4 and (local / "sub" / "b.txt").read_text() == "b"

@@ -177,7 +177,7 @@ class RemoteResumeStore(ResumeStore):
     Each rank writes its files into its node-local `root` and uploads them to `<remote>/state_<n>/`; once all
     have, rank 0 uploads `COMPLETE.json` naming every rank's file with its size, then deletes the older states.
     A state without a marker that matches its files (a commit cut short) is never read. `latest` downloads, from
-    the newest complete state, the files this rank reads into `root`."""
+    the newest complete state, the files this rank reads into `root`, which is this rank's alone (it is cleared)."""
 
     def __init__(self, remote: str, root: str | Path, run_key: str, rank: int = 0, world: int = 1,
                  barrier: Callable[[], None] = lambda: None):

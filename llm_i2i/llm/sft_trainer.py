@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -312,8 +313,9 @@ def train_worker(job: SFTJob, rank: int = 0, world: int = 1,
             report(metrics)
     if rank == 0:
         _write_checkpoint(job, cfg, prep, model, best, state, world)
-        if shared:
+        if shared:  # the URI holds it now; a large model is not kept twice on this node
             shared.upload_model(Path(job.out_dir), MANIFEST)
+            shutil.rmtree(job.out_dir)
     barrier()
     return True
 

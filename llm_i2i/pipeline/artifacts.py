@@ -311,8 +311,10 @@ def localize(root: str, name: str, output_hash: str, cache: Path | None = None) 
         return m.exists() and json.loads(m.read_text()).get("output_hash") == output_hash
 
     if not current(local):
-        remote = f"{base}/{name}/{MANIFEST}"
-        found = json.loads(fs.open_input_stream(remote).read().decode()).get("output_hash") if exists(fs, remote) else None
+        remote, found = f"{base}/{name}/{MANIFEST}", None
+        if exists(fs, remote):
+            with fs.open_input_stream(remote) as f:
+                found = json.loads(f.read().decode()).get("output_hash")
         if found != output_hash:
             raise ValueError(f"{root}/{name}: holds {f'content {found}' if found else 'no finished artifact'}, not the "
                              f"{output_hash} this worker was given (another run replaced it); rerun the stage")

@@ -5,9 +5,10 @@ declare GPUs this machine does not have (Ray schedules on declared resources; to
 
 With CACHES, every node gets its own cache directory (LLM_I2I_CACHE=CACHES/head, CACHES/node<i>), as nodes that
 share no disk would: a worker that read the driver's cached copy of a URI root's artifact instead of fetching its
-own would leave its node's cache empty. Prints one JSON line {"gcs": ..., "dashboard": ...} once every node is up, then holds the cluster
-until its stdin closes, and shuts down exactly the processes it started. Its own process, so that the token-auth
-environment (RAY_AUTH_MODE / RAY_AUTH_TOKEN) is in place before Ray is imported, and no other test's Ray is touched.
+own would leave its node's cache empty. Prints one JSON line {"gcs": ..., "dashboard": ...} once every node is up,
+then holds the cluster until its stdin closes, and shuts down exactly the processes it started. Its own process, so
+that the token-auth environment (RAY_AUTH_MODE / RAY_AUTH_TOKEN) is in place before Ray is imported, and no other
+test's Ray is touched.
 """
 
 from __future__ import annotations

@@ -130,7 +130,7 @@ def test_the_out_root_check_catches_a_missing_mount_a_read_only_one_another_clai
         "spec": {"containers": [{}]}}}}) == []
     for edit, expected in [
         (lambda w: w["containers"][0]["volumeMounts"].remove(mount), f"gpu: {root} not mounted"),
-        (lambda w: w["containers"][0]["volumeMounts"][w["containers"][0]["volumeMounts"].index(mount)].update(readOnly=True),
+        (lambda w: next(m for m in w["containers"][0]["volumeMounts"] if m == mount).update(readOnly=True),
          f"gpu: {mount['mountPath']} read-only"),
         (lambda w: next(v for v in w["volumes"] if v["name"] == mount["name"]).update(
             persistentVolumeClaim={"claimName": "node-local"}), "not one shared claim at one path"),

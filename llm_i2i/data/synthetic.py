@@ -39,9 +39,9 @@ _NOUNS = (
 @dataclass
 class SyntheticConfig:
     n_users: int = 2000
-    n_items: int = 700
+    n_items: int = 1200
     n_groups: int = 16  # categories; each series belongs to one
-    series_length: int = 5  # items per series, clicked in order
+    series_length: int = 8  # items per series, clicked in order
     groups_per_user: int = 2
     min_length: int = 3
     mean_extra_length: float = 1.5  # history lengths are min_length + Poisson(mean_extra_length)

@@ -6,9 +6,9 @@ chunk last, nothing dropped); every token followed by an item token carries that
 Discriminator: positives are (history prefix, next item) at up to `positions_per_user` positions per user
 (always including the last); each positive gets `neg_ratio` negatives, never an item the user touched in train,
 drawn by `SFTConfig.negatives`: `random` (uniform over the catalogue, the paper's), `hard` (the Swing neighbours
-of the user's last history item), `mix` (each negative hard or random with probability 1/2) or `generator` (the
-starting generator's own top predictions for that history: what its wrong candidates look like at inference,
-which is what the discriminator filters).
+of the user's last history item) or `generator` (the starting generator's own top predictions for that history:
+what its wrong candidates look like at inference, which is what the discriminator filters); several sources joined
+with "+" (`random+generator`) draw each negative from one of them, chosen uniformly.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from llm_i2i.data.sequences import Sequences
 from llm_i2i.io import sha256_file
 from llm_i2i.llm.bases import resolve_base_model
 from llm_i2i.llm.prompts import discriminator_prompt, encode_prompts, generator_prompt, titles_from_items
-from llm_i2i.llm.sft_config import NEGATIVES, SFTConfig
+from llm_i2i.llm.sft_config import SFTConfig, negative_sources
 from llm_i2i.llm.tokenizer import item_vocabulary
 from llm_i2i.progress import log
 
@@ -99,12 +99,11 @@ def discriminator_pairs(
     generator_top=None,
 ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, int]:
     """(histories as dense items, candidate dense items, labels, negatives that fell back to random because their
-    pool held only items the user touched). `hard_neighbors` (Swing) serves `hard`/`mix`; `generator_top`
-    (histories -> [n, k] dense items, best first) serves `generator`, called once on every history at the end."""
-    if negatives not in NEGATIVES:
-        raise ValueError(f"negatives must be one of {NEGATIVES}, got {negatives!r}")
-    if negatives in ("hard", "mix") and hard_neighbors is None or negatives == "generator" and generator_top is None:
-        raise ValueError(f"negatives={negatives!r} needs {'generator_top' if negatives == 'generator' else 'hard_neighbors'}")
+    pool held only items the user touched). `hard_neighbors` (Swing) serves `hard`; `generator_top` (histories ->
+    [n, k] dense items, best first) serves `generator`, called once on all its histories at the end."""
+    sources = negative_sources(negatives)
+    if "hard" in sources and hard_neighbors is None or "generator" in sources and generator_top is None:
+        raise ValueError(f"negatives={negatives!r} needs {'hard_neighbors' if 'hard' in sources else 'generator_top'}")
     hist, cand, label, deferred = [], [], [], []
     n_items = seqs.n_items
     fell_back = 0
@@ -139,10 +138,11 @@ def discriminator_pairs(
             for _ in range(neg_ratio):
                 hist.append(h)
                 label.append(0)
-                if negatives == "generator":
+                source = sources[0] if len(sources) == 1 else sources[int(rng.integers(len(sources)))]
+                if source == "generator":
                     deferred.append((len(cand), seen))
                     cand.append(-1)
-                elif negatives == "hard" or (negatives == "mix" and rng.random() < 0.5):
+                elif source == "hard":
                     cand.append(from_pool(hard_neighbors.row(int(h[-1]))[0][:HARD_POOL].tolist(), seen))
                 else:
                     cand.append(unseen(seen))
@@ -279,9 +279,10 @@ def prepare_sft(cfg: SFTConfig, dataset_dir: str | Path, tokenizer) -> Prepared:
         per_item = 1 if titles is None else 2 + int(np.mean([len(t.split()) for t in titles.values()]) * 1.5)
         examples = generator_examples(train, tokenizer, max_items=max(1, (cfg.max_length - prefix) // per_item + 1), titles=titles)
     else:
-        hard = swing_neighbors(train) if cfg.negatives in ("hard", "mix") else None
+        sources = negative_sources(cfg.negatives)
+        hard = swing_neighbors(train) if "hard" in sources else None
         top = None
-        if cfg.negatives == "generator":
+        if "generator" in sources:
             if not cfg.model.base_model:
                 raise ValueError("sft.negatives=generator draws from the starting generator's predictions: start the "
                                  "discriminator from a generator checkpoint (model.base_model; the pipeline does "

@@ -61,7 +61,7 @@ def test_discriminator_pairs_are_observed_or_unseen(split):
 
 def test_discriminator_negatives_come_from_their_pool(split):
     """`generator` negatives are the generator's top predictions the user never touched (else counted and random);
-    `mix` draws about half from the Swing pool; an unknown kind is refused."""
+    `random+hard` draws about half from the Swing pool; an unknown or repeated source is refused."""
     train = split.train
     order = np.argsort(-train.item_counts(), kind="stable")  # a fake generator: the most popular items for everyone
     top = lambda histories: np.tile(order[:2], (len(histories), 1))
@@ -82,11 +82,12 @@ def test_discriminator_negatives_come_from_their_pool(split):
         def row(self, item):
             return np.arange(train.n_items - 5, train.n_items), None
 
-    _, cand, label, _ = discriminator_pairs(train, 2, 4, np.random.default_rng(0), "mix", hard_neighbors=Pool())
+    _, cand, label, _ = discriminator_pairs(train, 2, 4, np.random.default_rng(0), "random+hard", hard_neighbors=Pool())
     from_pool = (cand[label == 0] >= train.n_items - 5).mean()
     assert 0.3 < from_pool < 0.7
-    with pytest.raises(ValueError, match="negatives"):
-        discriminator_pairs(train, 2, 1, np.random.default_rng(0), "popular")
+    for bad in ("popular", "random+random", ""):
+        with pytest.raises(ValueError, match="negatives"):
+            discriminator_pairs(train, 2, 1, np.random.default_rng(0), bad)
     with pytest.raises(ValueError, match="generator_top"):
         discriminator_pairs(train, 2, 1, np.random.default_rng(0), "generator")
 

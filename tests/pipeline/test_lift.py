@@ -26,7 +26,7 @@ def small_config(seed: int, **data) -> PipelineConfig:
         "data": "default", "synthetic": {"n_users": 1200, "n_items": 400, "seed": seed, **data},
         "backbones": ["swing"], "ablations": True, "wo_longtail_loss": False, "score_real": False,
         "sft_generator": {**sft, "epochs": 3, "lr": 0.005}, "sft_discriminator": {**sft, "epochs": 1, "lr": 0.005, "negatives": "generator"},
-        "generate": {"recall_number": 10, "num_actors": 0, "batch_size": 256},
+        "generate": {"recall_number": 5, "num_actors": 0, "batch_size": 256},
         "discriminate": {"num_actors": 0, "batch_size": 512},
         "generator_alone": False, "discriminator_auc": False,
     })

@@ -53,7 +53,7 @@ def run_dataset(name: str, data_root: Path, overrides: list[str], runs: list[str
         "generator_a4": (["role=generator", "alpha=4.0"], None),
         "generator_a1": (["role=generator", "alpha=1.0"], None),
         "discriminator": (["role=discriminator", "epochs=1"], "generator_a4"),
-        "discriminator_hard": (["role=discriminator", "epochs=1", "hard_negatives=true"], "generator_a4"),
+        "discriminator_hard": (["role=discriminator", "epochs=1", "negatives=hard"], "generator_a4"),
     }
     for run in runs:
         if run == "references":
@@ -158,7 +158,7 @@ def to_markdown(all_res: list[dict], record: dict, seconds: float) -> str:
         for run, e in r["runs"].items():
             if run.startswith("discriminator"):
                 c = e["config"]
-                lines += ["", f"`{run}` (trained on {'Swing-hard' if c['hard_negatives'] else 'random'} negatives, "
+                lines += ["", f"`{run}` (trained on {c.get('negatives', 'hard' if c.get('hard_negatives') else 'random')} negatives, "
                           f"{c['epochs']} epoch(s), {c['positions_per_user']} positives/user): ROC-AUC on validation "
                           f"positives vs one negative per user: random negatives **{e['valid_auc_random']:.4f}**, "
                           f"Swing-hard negatives **{e['valid_auc_hard']:.4f}**."]

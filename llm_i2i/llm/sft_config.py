@@ -7,6 +7,18 @@ from dataclasses import dataclass, field
 from llm_i2i.config import config_hash, to_dict
 from llm_i2i.llm.modeling import ModelConfig
 
+# where discriminator negatives come from (sft_data.discriminator_pairs); `negatives` joins one or more with "+"
+NEGATIVE_SOURCES = ("random", "hard", "generator")
+
+
+def negative_sources(negatives: str) -> list[str]:
+    """`random+generator` -> ["random", "generator"]; refuses an unknown, repeated or empty source."""
+    sources = negatives.split("+")
+    if not sources or len(set(sources)) != len(sources) or any(s not in NEGATIVE_SOURCES for s in sources):
+        raise ValueError(f"sft.negatives must join distinct sources from {NEGATIVE_SOURCES} with '+' "
+                         f"(e.g. random+generator), got {negatives!r}")
+    return sources
+
 
 @dataclass
 class SFTConfig:
@@ -26,7 +38,7 @@ class SFTConfig:
     long_tail_fraction: float = 0.2
     neg_ratio: int = 1  # discriminator negatives per positive
     positions_per_user: int = 1  # discriminator positives per user (always the last train transition)
-    hard_negatives: bool = False  # discriminator negatives from Swing neighbours of the user's last item
+    negatives: str = "random"  # discriminator negatives: random (paper) | hard (Swing) | generator, or several: random+hard
     titles: bool = False  # put item titles in the prompts
     num_workers: int = 1
     use_ray: bool = False
@@ -57,6 +69,7 @@ class SFTConfig:
                              "weights); use 2, which partitions gradients and optimizer state")
         if self.zero_stage not in (0, 1, 2):
             raise ValueError(f"sft.zero_stage must be 0, 1 or 2, got {self.zero_stage}")
+        negative_sources(self.negatives)
         if self.num_workers < 1 or self.neg_ratio < 1 or self.positions_per_user < 1:
             raise ValueError("sft: num_workers, neg_ratio and positions_per_user must be >= 1")
         if self.cpus_per_worker <= 0 or self.checkpoint_every < 1:

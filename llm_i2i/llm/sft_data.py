@@ -4,8 +4,11 @@ Generator: one example per user sequence (long ones split into chunks of at most
 chunk last, nothing dropped); every token followed by an item token carries that item as its label
 (the item's column in the tokenizer's item order) - teacher forcing over all positions in one pass.
 Discriminator: positives are (history prefix, next item) at up to `positions_per_user` positions per user
-(always including the last); each positive gets `neg_ratio` negatives sampled uniformly from items the user
-never touched in train, or - with hard negatives - from the Swing neighbours of the user's last history item.
+(always including the last); each positive gets `neg_ratio` negatives, never an item the user touched in train,
+drawn by `SFTConfig.negatives`: `random` (uniform over the catalogue, the paper's), `hard` (the Swing neighbours
+of the user's last history item) or `generator` (the starting generator's own top predictions for that history:
+what its wrong candidates look like at inference, which is what the discriminator filters); several sources joined
+with "+" (`random+generator`) draw each negative from one of them, chosen uniformly.
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ from llm_i2i.data import LeaveOneOut, leave_one_out, load_dataset, long_tail_mas
 from llm_i2i.data.schema import DataError
 from llm_i2i.data.sequences import Sequences
 from llm_i2i.io import sha256_file
+from llm_i2i.llm.bases import resolve_base_model
 from llm_i2i.llm.prompts import discriminator_prompt, encode_prompts, generator_prompt, titles_from_items
-from llm_i2i.llm.sft_config import SFTConfig
+from llm_i2i.llm.sft_config import SFTConfig, negative_sources
 from llm_i2i.llm.tokenizer import item_vocabulary
 from llm_i2i.progress import log
 
@@ -81,18 +85,43 @@ def generator_examples(train: Sequences, tokenizer, max_items: int = 50, titles=
     return SFTExamples(input_ids, labels, report)
 
 
+HARD_POOL = 50  # Swing neighbours of the last item a hard negative is drawn from
+GENERATOR_POOL = 10  # the generator's top predictions a `generator` negative is drawn from
+
+
 def discriminator_pairs(
     seqs: Sequences,
     positions_per_user: int,
     neg_ratio: int,
     rng: np.random.Generator,
+    negatives: str = "random",
     hard_neighbors=None,
-    hard_pool: int = 50,
+    generator_top=None,
 ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, int]:
-    """(histories as dense items, candidate dense items, labels, hard negatives that fell back to random)."""
-    hist, cand, label = [], [], []
+    """(histories as dense items, candidate dense items, labels, negatives that fell back to random because their
+    pool held only items the user touched). `hard_neighbors` (Swing) serves `hard`; `generator_top` (histories ->
+    [n, k] dense items, best first) serves `generator`, called once on all its histories at the end."""
+    sources = negative_sources(negatives)
+    if "hard" in sources and hard_neighbors is None or "generator" in sources and generator_top is None:
+        raise ValueError(f"negatives={negatives!r} needs {'hard_neighbors' if 'hard' in sources else 'generator_top'}")
+    hist, cand, label, deferred = [], [], [], []
     n_items = seqs.n_items
-    hard_missing = 0
+    fell_back = 0
+
+    def unseen(seen: set) -> int:
+        neg = -1
+        while neg < 0 or neg in seen:
+            neg = int(rng.integers(n_items))
+        return neg
+
+    def from_pool(pool, seen: set) -> int:
+        nonlocal fell_back
+        pool = [j for j in pool if j not in seen]
+        if pool:
+            return int(rng.choice(pool))
+        fell_back += 1
+        return unseen(seen)
+
     for u in range(seqs.n_users):
         seq = seqs.user(u)
         if len(seq) < 2:
@@ -107,20 +136,42 @@ def discriminator_pairs(
             cand.append(seq[t])
             label.append(1)
             for _ in range(neg_ratio):
-                neg = -1
-                if hard_neighbors is not None:
-                    nb, _ = hard_neighbors.row(int(h[-1]))
-                    pool = [j for j in nb[:hard_pool].tolist() if j not in seen]
-                    if pool:
-                        neg = int(rng.choice(pool))
-                    else:
-                        hard_missing += 1
-                while neg < 0 or neg in seen:
-                    neg = int(rng.integers(n_items))
                 hist.append(h)
-                cand.append(neg)
                 label.append(0)
-    return hist, np.asarray(cand, np.int64), np.asarray(label, np.int64), hard_missing
+                source = sources[0] if len(sources) == 1 else sources[int(rng.integers(len(sources)))]
+                if source == "generator":
+                    deferred.append((len(cand), seen))
+                    cand.append(-1)
+                elif source == "hard":
+                    cand.append(from_pool(hard_neighbors.row(int(h[-1]))[0][:HARD_POOL].tolist(), seen))
+                else:
+                    cand.append(unseen(seen))
+    if deferred:
+        top = generator_top([hist[i] for i, _ in deferred])
+        for (i, seen), row in zip(deferred, top):
+            cand[i] = from_pool(row.tolist(), seen)
+    return hist, np.asarray(cand, np.int64), np.asarray(label, np.int64), fell_back
+
+
+def generator_predictions(checkpoint: str | Path, seqs: Sequences, max_history: int, k: int = GENERATOR_POOL):
+    """`generator_top` for `discriminator_pairs`: the generator checkpoint's top-k next items (dense) per history."""
+    from llm_i2i.llm.modeling import load_checkpoint
+    from llm_i2i.llm.scoring import next_item_scores, topn_items
+
+    model, tok, manifest = load_checkpoint(checkpoint)
+    role = manifest.get("sft_config", {}).get("role")
+    if role != "generator":
+        raise ValueError(f"sft.negatives=generator draws from the starting model's predictions, but {checkpoint} is "
+                         f"not a generator checkpoint (role {role!r}); start the discriminator from the generator")
+    ids, _ = item_vocabulary(tok)
+    if not np.array_equal(ids, seqs.item_ids):
+        raise ValueError(f"{checkpoint}: the generator knows {len(ids)} items but the dataset has {seqs.n_items}")
+
+    def top(histories: list[np.ndarray]) -> np.ndarray:
+        ext = [seqs.item_ids[h].tolist() for h in histories]
+        return topn_items(next_item_scores(model, tok, ext, max_history=max_history), k)[0]
+
+    return top
 
 
 def discriminator_examples(
@@ -130,18 +181,20 @@ def discriminator_examples(
     neg_ratio: int = 1,
     max_history: int = 10,
     seed: int = 0,
+    negatives: str = "random",
     hard_neighbors=None,
+    generator_top=None,
     titles=None,
 ) -> SFTExamples:
     _check_vocab(train, tokenizer)
     rng = np.random.default_rng(seed)
-    hist, cand, label, hard_missing = discriminator_pairs(train, positions_per_user, neg_ratio, rng, hard_neighbors)
+    hist, cand, label, fell_back = discriminator_pairs(train, positions_per_user, neg_ratio, rng, negatives,
+                                                       hard_neighbors, generator_top)
     ext = train.item_ids
     prompts = [discriminator_prompt(ext[h].tolist(), int(ext[c]), titles=titles, max_history=max_history) for h, c in zip(hist, cand)]
     ids = encode_prompts(tokenizer, prompts)
     report = {"examples": len(ids), "positives": int(label.sum()), "negatives": int((label == 0).sum()),
-              "hard_negatives": hard_neighbors is not None,
-              "hard_negatives_fell_back_to_random": hard_missing}
+              "negatives_from": negatives, "negatives_fell_back_to_random": fell_back}
     return SFTExamples([np.asarray(x, np.int64) for x in ids], [np.array([v]) for v in label], report)
 
 
@@ -226,9 +279,17 @@ def prepare_sft(cfg: SFTConfig, dataset_dir: str | Path, tokenizer) -> Prepared:
         per_item = 1 if titles is None else 2 + int(np.mean([len(t.split()) for t in titles.values()]) * 1.5)
         examples = generator_examples(train, tokenizer, max_items=max(1, (cfg.max_length - prefix) // per_item + 1), titles=titles)
     else:
-        hard = swing_neighbors(train) if cfg.hard_negatives else None
+        sources = negative_sources(cfg.negatives)
+        hard = swing_neighbors(train) if "hard" in sources else None
+        top = None
+        if "generator" in sources:
+            if not cfg.model.base_model:
+                raise ValueError("sft.negatives=generator draws from the starting generator's predictions: start the "
+                                 "discriminator from a generator checkpoint (model.base_model; the pipeline does "
+                                 "with discriminator_from_generator)")
+            top = generator_predictions(resolve_base_model(cfg.model.base_model), train, cfg.max_history)
         examples = discriminator_examples(train, tokenizer, cfg.positions_per_user, cfg.neg_ratio, cfg.max_history,
-                                          cfg.seed, hard, titles=titles)
+                                          cfg.seed, cfg.negatives, hard, top, titles=titles)
     tail = long_tail_mask(train.item_counts(), cfg.long_tail_fraction)
     log.info(f"SFT {cfg.role}: {examples.report}")
     return Prepared(tokenizer, ds.items, split, examples, tail, titles)

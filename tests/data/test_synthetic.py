@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import pytest
 
@@ -56,6 +58,24 @@ def test_long_tail_is_under_observed_in_training(default):
     counts = np.sort(train)[::-1]
     assert counts[: len(counts) // 10].sum() > 0.3 * counts.sum()  # a popular head
     assert (train <= 2).mean() > 0.2  # and a sparse tail
+
+
+def test_many_held_out_steps_are_next_volumes_swing_cannot_see(default):
+    """The structure the generator can use and Swing cannot: many users' test click is the next volume after their
+    validation click, yet at most one training user made that step (Swing needs a co-click by two users)."""
+    titles = dict(zip(default.items.column("item_id").to_pylist(), default.items.column("title").to_pylist()))
+    split = leave_one_out(default.sequences())
+    full, train = split.full, split.train
+    steps = Counter((a, b) for u in range(train.n_users) for a, b in zip(train.user(u)[:-1], train.user(u)[1:]))
+    next_volume, unseen = [], []
+    for u in range(full.n_users):
+        a, b = full.user(u)[-2:]
+        ta, tb = (titles[int(full.item_ids[i])].rsplit(" vol. ", 1) for i in (a, b))
+        next_volume.append(len(ta) == len(tb) == 2 and ta[0] == tb[0] and int(tb[1]) == int(ta[1]) + 1)
+        unseen.append(steps[(a, b)] <= 1)
+    next_volume, unseen = np.array(next_volume), np.array(unseen)
+    assert next_volume.mean() > 0.6
+    assert (next_volume & unseen).mean() > 0.2
 
 
 def test_bad_config_is_refused():

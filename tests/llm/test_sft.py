@@ -59,6 +59,39 @@ def test_discriminator_pairs_are_observed_or_unseen(split):
             assert any(c not in set(train.user(u).tolist()) for u, _ in users)
 
 
+def test_discriminator_negatives_come_from_their_pool(split):
+    """`generator` negatives are the generator's top predictions the user never touched (else counted and random);
+    `random+hard` draws about half from the Swing pool; an unknown or repeated source is refused."""
+    train = split.train
+    order = np.argsort(-train.item_counts(), kind="stable")  # a fake generator: the most popular items for everyone
+    top = lambda histories: np.tile(order[:2], (len(histories), 1))
+    hist, cand, label, fell_back = discriminator_pairs(train, 2, 2, np.random.default_rng(0), "generator",
+                                                       generator_top=top)
+    user_of = {}
+    for u in range(train.n_users):
+        for t in range(1, len(train.user(u))):
+            user_of.setdefault(tuple(train.user(u)[:t].tolist()), set()).add(u)
+    in_pool = 0
+    for h, c, y in zip(hist, cand, label):
+        if y == 0:
+            assert any(c not in set(train.user(u).tolist()) for u in user_of[tuple(h.tolist())])
+            in_pool += int(c in order[:2])
+    assert in_pool + fell_back == (label == 0).sum() and in_pool > fell_back > 0
+
+    class Pool:  # a fake Swing: every item's neighbours are the last 5 items of the catalogue
+        def row(self, item):
+            return np.arange(train.n_items - 5, train.n_items), None
+
+    _, cand, label, _ = discriminator_pairs(train, 2, 4, np.random.default_rng(0), "random+hard", hard_neighbors=Pool())
+    from_pool = (cand[label == 0] >= train.n_items - 5).mean()
+    assert 0.3 < from_pool < 0.7
+    for bad in ("popular", "random+random", ""):
+        with pytest.raises(ValueError, match="negatives"):
+            discriminator_pairs(train, 2, 1, np.random.default_rng(0), bad)
+    with pytest.raises(ValueError, match="generator_top"):
+        discriminator_pairs(train, 2, 1, np.random.default_rng(0), "generator")
+
+
 @pytest.mark.parametrize("world", [1, 2, 3])
 def test_epoch_batches_partition(world):
     lengths = np.random.default_rng(0).integers(1, 40, 101)

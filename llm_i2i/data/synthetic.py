@@ -13,7 +13,7 @@ What the method can use, and a plain I2I model cannot:
   at volume 1, so later volumes sit mostly in users' held-out last clicks; the training split holds few
   co-clicks of consecutive late volumes, which Swing needs from at least two users;
 * predictable from the sequence (volume k is followed by volume k+1, learnt from the users who went on)
-  and from the text (the title names the series and the volume): with 300 series for 2,000 users, many
+  and from the text (the title names the series and the volume): with 300 series for 3,000 users, many
   next-volume steps were made by only one training user - enough for the generator, which learns from every
   step, too few for Swing, which needs a co-click by two users;
 * users whose recent items imply items they have not clicked yet: a user whose training history ends at
@@ -40,7 +40,7 @@ _NOUNS = (
 
 @dataclass
 class SyntheticConfig:
-    n_users: int = 2000
+    n_users: int = 3000
     n_items: int = 1500
     n_groups: int = 16  # categories; each series belongs to one
     series_length: int = 5  # items per series, clicked in order

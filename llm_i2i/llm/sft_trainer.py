@@ -304,9 +304,10 @@ def train_worker(job: SFTJob, rank: int = 0, world: int = 1,
             log.info(f"epoch {epoch + 1}: train loss {metrics['train_loss']:.4f}, valid {name} {value:.4f}")
         state["history"].append(metrics)
         state["epoch"], state["step_in_epoch"], state["loss_sum"], state["loss_count"] = epoch + 1, 0, 0.0, 0
-        if cfg.patience and state["epochs_without_improvement"] >= cfg.patience and state["epoch"] < cfg.epochs:
+        patience = cfg.early_stop_patience
+        if patience and state["epochs_without_improvement"] >= patience and state["epoch"] < cfg.epochs:
             state["stopped_early"] = True
-            log.info(f"early stop after epoch {epoch + 1}: no better valid metric for {cfg.patience} epochs "
+            log.info(f"early stop after epoch {epoch + 1}: no better valid metric for {patience} epochs "
                      f"(best epoch {state['best_epoch']})")
         commit(best_changed=improved)
         if report:

@@ -18,6 +18,9 @@ def test_the_quickstart_config_is_for_the_embedded_data_only():
 def test_library_defaults_adapt_the_sft_budget_and_the_cut():
     cfg = PipelineConfig()
     for sft in (cfg.sft_generator, cfg.sft_discriminator):
-        assert sft.patience > 0 and sft.epochs > 3 * sft.patience  # early stopping, not the epoch count, ends SFT
+        patience = sft.early_stop_patience
+        assert patience > 0 and sft.epochs > 3 * patience  # early stopping, not the epoch count, ends SFT
+    # the discriminator starts from the fine-tuned generator and stops sooner
+    assert cfg.sft_discriminator.early_stop_patience < cfg.sft_generator.early_stop_patience
     assert cfg.fuse.threshold == "auto"
     assert SFTConfig().epochs == cfg.sft_generator.epochs

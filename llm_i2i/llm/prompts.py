@@ -88,11 +88,27 @@ def discriminator_prompt(
     profile: str | None = None,
 ) -> str:
     """P_d; the model's next token after it is the answer ("Yes"/"No")."""
+    return discriminator_context(history_item_ids, user_id, titles, max_history, profile) + discriminator_candidate(
+        candidate_item_id, titles)
+
+
+def discriminator_context(
+    history_item_ids: Sequence[int],
+    user_id: int | str | None = None,
+    titles: Mapping[int, str] | None = None,
+    max_history: int | None = 10,
+    profile: str | None = None,
+) -> str:
+    """P_d up to and including the <candidate> token: the part every candidate of one user shares. It ends in a
+    special token, so it tokenises the same alone as inside the whole prompt (scoring reuses its KV cache)."""
     items = _recent(history_item_ids, max_history)
+    return f"{DISCRIMINATOR_INSTRUCTION}{_user_part(user_id, profile)}{HISTORY}{_render_items(items, titles)}{CANDIDATE}"
+
+
+def discriminator_candidate(candidate_item_id: int, titles: Mapping[int, str] | None = None) -> str:
+    """The rest of P_d after `discriminator_context`: the candidate ([title ]item token)."""
     cand = item_token(candidate_item_id)
-    if titles is not None:
-        cand = f" {_title(titles, candidate_item_id)} {cand}"
-    return f"{DISCRIMINATOR_INSTRUCTION}{_user_part(user_id, profile)}{HISTORY}{_render_items(items, titles)}{CANDIDATE}{cand}"
+    return cand if titles is None else f" {_title(titles, candidate_item_id)} {cand}"
 
 
 def encode_prompts(tokenizer, prompts: Sequence[str]) -> list[list[int]]:

@@ -67,3 +67,39 @@ def test_title_mean_init(tokenizer, items):
     ids = tokenizer(title, add_special_tokens=False)["input_ids"]
     tid = int(item_token_ids(tokenizer, [items.column("item_id")[0].as_py()])[0])
     torch.testing.assert_close(emb[tid], emb[ids].mean(0))
+
+
+def test_yes_probability_reuses_shared_contexts_exactly(tiny_model, tokenizer, items):
+    """Shared-context scoring (one KV cache per distinct history, the instruction run once per batch) == each
+    whole prompt run alone: repeated and distinct histories, empty and over-long ones, with and without titles,
+    batches that split a user's candidates."""
+    from llm_i2i.llm.prompts import titles_from_items
+
+    torch.manual_seed(1)
+    two_layers = build_model(ModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64), tokenizer,
+                             items).eval()
+    rng = np.random.default_rng(1)
+    users = [[], [3], list(range(1, 25)), [5, 6, 7], [5, 6, 7, 8]]
+    hists = [users[u] for u in rng.integers(0, len(users), 23)]
+    cands = rng.integers(1, 31, 23).tolist()
+    yes, no = answer_token_ids(tokenizer)
+    for model, titles in ((tiny_model, None), (tiny_model, titles_from_items(items)), (two_layers, None)):
+        ref = []
+        for h, c in zip(hists, cands):
+            lg = _full_logits(model, encode_prompts(tokenizer, [discriminator_prompt(h, c, titles=titles)])[0])
+            ref.append(torch.softmax(lg[[yes, no]], 0)[0].item())
+        for batch_size in (1, 4, 64):
+            p = yes_probability(model, tokenizer, hists, cands, titles=titles, batch_size=batch_size)
+            np.testing.assert_allclose(p, ref, atol=1e-5)
+
+
+def test_discriminator_context_tokenises_the_same_alone(tokenizer, items):
+    """The KV reuse needs ids(context) + ids(candidate) == ids(whole prompt)."""
+    from llm_i2i.llm.prompts import discriminator_candidate, discriminator_context, titles_from_items
+
+    for titles in (None, titles_from_items(items)):
+        for h, c in (([], 4), ([1, 2, 3], 9), (list(range(1, 20)), 30)):
+            whole = encode_prompts(tokenizer, [discriminator_prompt(h, c, titles=titles)])[0]
+            ctx = encode_prompts(tokenizer, [discriminator_context(h, titles=titles)])[0]
+            cand = tokenizer(discriminator_candidate(c, titles), add_special_tokens=False)["input_ids"]
+            assert whole == ctx + cand

@@ -113,7 +113,8 @@ def candidate_quality(split: LeaveOneOut, candidates: pa.Table, kept: dict[str, 
     """The discriminator on the generator's own candidates (`candidates`: user_id, item_id, confidence[, error]).
 
     Pairs whose scoring failed and pairs of users with no held-out test item are left out and counted. Returns
-    `auc` (`test`: label = the item is the user's test item; `valid`: its validation item), `calibration` (the
+    `auc` (`test`: label = the item is the user's test item; `valid`: its validation item),
+    `generator_rank_auc_test` (the generator's rank as the score, same pairs and labels), `calibration` (the
     reliability table with the test label), and `precision` of `generated` (every scored candidate) and of each
     fused set in `kept` (name -> interaction table; only its `source=synthetic` rows are the pairs)."""
     ok = _ok_scored(candidates)
@@ -125,6 +126,9 @@ def candidate_quality(split: LeaveOneOut, candidates: pa.Table, kept: dict[str, 
         "counts": {"candidates": candidates.num_rows, "not_scored": int((~ok).sum()),
                    "user_not_evaluated": int((~evaluated).sum()), "pairs": int(evaluated.sum())},
         "auc": {"test": auc_or_none(is_test, conf), "valid": auc_or_none(is_valid, conf)},
+        # the reference the discriminator has to beat: the generator's own rank (best first) on the same pairs
+        "generator_rank_auc_test": auc_or_none(is_test, -_ids(scored, "rank")[evaluated])
+        if "rank" in scored.column_names else None,
         "calibration": reliability(is_test, conf, bins),
         "precision": {"generated": precision(is_test, is_valid)},
     }

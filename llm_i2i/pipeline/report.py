@@ -143,17 +143,21 @@ def discriminator_line(d: dict[str, Any]) -> str:
     """One line on how good the discriminator is: AUCs, all-generated vs kept precision, calibration error."""
     auc, prec, cal = d["auc"], d["kept_precision"], d["calibration"]
     gen, kept, cut = prec["generated"], prec.get("kept"), prec["cut"]
-    kept_txt = ("none kept (the cut chose keep none)" if cut["keep_none"] or not kept else
-                f"{_share(kept['test'])} of {kept['pairs']} kept at P(Yes) >= {cut['cut']:.4g}")
-    ratio = f" (x{prec['kept_over_generated_test']:.2f})" if prec.get("kept_over_generated_test") is not None else ""
-    vt = f"; valid-or-test {_share(gen['valid_or_test'])} -> {_share(kept['valid_or_test'])}" if kept else ""
+    if cut["keep_none"] or not kept:
+        kept_txt = "none kept (the cut chose keep none)"
+    else:
+        kept_txt = f"{_share(kept['test'])} of {kept['pairs']} kept at P(Yes) >= {cut['cut']:.4g}"
+        if prec["kept_over_generated_test"] is not None:
+            kept_txt += f" (x{prec['kept_over_generated_test']:.2f})"
+        kept_txt += f"; valid-or-test {_share(gen['valid_or_test'])} -> {_share(kept['valid_or_test'])}"
     ece = ", ".join(f"{name.replace('_', ' ')} {_fmt(cal[name]['ece'])}" for name in
                     ("random_negatives", "candidates_test") if name in cal)
     return (f"Discriminator on the {d['split']} split: ROC-AUC {_fmt(auc.get('random'))} vs random negatives, "
             f"{_fmt(auc.get('hard'))} vs Swing-hard negatives, {_fmt(auc['candidates_test'])} on the generator's own "
-            f"candidates (label: the user's test item; {_fmt(auc['candidates_valid'])} for the validation item). "
+            f"candidates (label: the user's test item; the generator's own rank scores "
+            f"{_fmt(auc['generator_rank_test'])}; {_fmt(auc['candidates_valid'])} for the validation item). "
             f"Synthetic pairs that are the user's test item: {_share(gen['test'])} of {gen['pairs']} generated -> "
-            f"{kept_txt}{ratio}{vt}. Expected calibration error: {ece}.")
+            f"{kept_txt}. Expected calibration error: {ece}.")
 
 
 def render_markdown(r: dict[str, Any]) -> str:

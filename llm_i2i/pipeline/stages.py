@@ -434,7 +434,8 @@ def discriminator_quality(cfg: PipelineConfig, split, pairs: dict[str, dict] | N
         q = scored_pairs_quality(s["labels"], s["scores"])
         auc[kind], counts[kind] = q["auc"], q["pairs"]
         calibration[f"{kind}_negatives"] = q["calibration"]
-    auc.update(candidates_test=cand["auc"]["test"], candidates_valid=cand["auc"]["valid"])
+    auc.update(candidates_test=cand["auc"]["test"], candidates_valid=cand["auc"]["valid"],
+               generator_rank_test=cand["generator_rank_auc_test"])
     calibration["candidates_test"] = cand["calibration"]
     cut = fused.manifest["stats"]["cut"]
     prec = cand["precision"]

@@ -111,6 +111,7 @@ def test_candidate_quality_by_hand():
         "item_id": [40, 30, 20, 10, 30, 50, 50, 20],
         "confidence": pa.array([0.9, 0.6, 0.2, 0.4, 0.95, 0.7, None, 0.3], pa.float32()),
         "error": [None, None, None, None, None, None, "engine failed", None],
+        "rank": [0, 1, 2, 0, 1, 0, 0, 2],
     })
     kept = pa.table({"user_id": [1, 1, 1, 5, 5, 2], "item_id": [10, 40, 30, 50, 10, 50],
                      "source": ["real", "synthetic", "synthetic", "real", "synthetic", "synthetic"]})
@@ -118,6 +119,7 @@ def test_candidate_quality_by_hand():
     assert q["counts"] == {"candidates": 8, "not_scored": 1, "user_not_evaluated": 1, "pairs": 6}
     # scored pairs of evaluated users: (1,40) .9 test; (1,30) .6 valid; (1,20) .2; (5,10) .4 test; (5,30) .95; (5,20) .3
     assert q["auc"]["test"] == pytest.approx(brute_auc([1, 0, 0, 1, 0, 0], [0.9, 0.6, 0.2, 0.4, 0.95, 0.3]))
+    assert q["generator_rank_auc_test"] == 1.0  # both test hits are rank 0, every other pair ranks lower
     assert q["auc"]["valid"] == pytest.approx(brute_auc([0, 1, 0, 0, 0, 0], [0.9, 0.6, 0.2, 0.4, 0.95, 0.3]))
     assert q["precision"]["generated"] == {"pairs": 6, "test_hits": 2, "test": 2 / 6, "valid_or_test_hits": 3,
                                            "valid_or_test": 3 / 6}
@@ -142,6 +144,7 @@ def test_candidate_precision_matches_a_dictionary_of_truths(seed):
     cu, ci = rng.choice(user_ids, n), rng.choice(split.full.item_ids, n)
     conf = rng.random(n).astype(np.float32)
     q = candidate_quality(split, pa.table({"user_id": cu, "item_id": ci, "confidence": conf}), {})
+    assert q["generator_rank_auc_test"] is None  # no rank column
     rows = [(u, i, c) for u, i, c in zip(cu.tolist(), ci.tolist(), conf.tolist()) if u in truth]
     test = [i == truth[u][0] for u, i, _ in rows]
     either = [i in truth[u] for u, i, _ in rows]

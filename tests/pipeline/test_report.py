@@ -66,6 +66,7 @@ def test_discriminator_block_recomputed_from_the_artifacts(report):
             if p["source"] == "synthetic"]
     hit = [p["item_id"] == truth[p["user_id"]][1] for p in scored]
     assert d["auc"]["candidates_test"] == pytest.approx(brute_auc(hit, [p["confidence"] for p in scored]))
+    assert d["auc"]["generator_rank_test"] == pytest.approx(brute_auc(hit, [-p["rank"] for p in scored]))
     gen = d["kept_precision"]["generated"]
     assert (gen["pairs"], gen["test_hits"]) == (len(scored), sum(hit))
     k = d["kept_precision"]["kept"]

@@ -79,3 +79,14 @@ def test_discriminator_block_recomputed_from_the_artifacts(report):
     md = (out / "report.md").read_text()
     assert "Discriminator on the test split: ROC-AUC 0.8750 vs random negatives, 0.5000 vs Swing-hard" in md
     assert "plots/calibration.png" in r["plots"] and (out / "plots" / "calibration.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_discriminator_line_when_the_cut_kept_none(report):
+    from llm_i2i.pipeline.report import discriminator_line
+
+    _, r = report
+    d = r["discriminator"]
+    none = {**d, "kept_precision": {**d["kept_precision"], "cut": {"mode": "auto", "cut": None, "keep_none": True},
+                                    "kept_over_generated_test": None}}
+    line = discriminator_line(none)
+    assert "none kept (the cut chose keep none)" in line and f"of {d['kept_precision']['generated']['pairs']} generated" in line

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from llm_i2i.data import LeaveOneOut, leave_one_out, load_dataset
+from llm_i2i.eval.discriminator import roc_auc
 from llm_i2i.eval.evaluate import evaluate_topk
 from llm_i2i.eval.protocol import EvalConfig
 from llm_i2i.llm.modeling import load_checkpoint
@@ -112,18 +113,6 @@ def evaluate_generator(checkpoint: str | Path, dataset_dir: str | Path, eval_cfg
     return m
 
 
-def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Mann-Whitney ROC-AUC with average ranks for ties."""
-    from scipy.stats import rankdata
-
-    labels = np.asarray(labels).astype(bool)
-    n_pos, n_neg = labels.sum(), (~labels).sum()
-    if n_pos == 0 or n_neg == 0:
-        raise ValueError("ROC-AUC needs both positives and negatives")
-    r = rankdata(scores)
-    return float((r[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
 def auc_pairs(split: LeaveOneOut, which: str, hard_neighbors, max_history: int, max_users: int | None,
               seed: int) -> tuple[list[list[int]], list[int], np.ndarray]:
     """(histories, candidates, labels) as external ids: each evaluated user's held-out target (positive) and one
@@ -153,23 +142,49 @@ def auc_pairs(split: LeaveOneOut, which: str, hard_neighbors, max_history: int, 
     return histories, cands, np.array(labels)
 
 
+def pair_scores(model, tokenizer, split: LeaveOneOut, which: str, hard_neighbors, max_history: int,
+                max_users: int | None, seed: int, batch_size: int = 512, titles=None) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, P(Yes)) of the discriminator on `auc_pairs`."""
+    histories, cands, labels = auc_pairs(split, which, hard_neighbors, max_history, max_users, seed)
+    p = yes_probability(model, tokenizer, histories, cands, titles=titles, max_history=max_history, batch_size=batch_size)
+    return labels, p
+
+
 def auc_on_split(model, tokenizer, split: LeaveOneOut, which: str, hard_neighbors, max_history: int,
                  max_users: int | None, seed: int, batch_size: int = 512, titles=None) -> float:
     """ROC-AUC of the discriminator's P(Yes) on `auc_pairs`."""
-    histories, cands, labels = auc_pairs(split, which, hard_neighbors, max_history, max_users, seed)
-    p = yes_probability(model, tokenizer, histories, cands, titles=titles, max_history=max_history, batch_size=batch_size)
-    return roc_auc(labels, p)
+    return roc_auc(*pair_scores(model, tokenizer, split, which, hard_neighbors, max_history, max_users, seed,
+                                batch_size, titles))
+
+
+NEGATIVES = ("random", "hard")
+
+
+def discriminator_scores(checkpoint: str | Path, dataset_dir: str | Path, negatives: tuple[str, ...] = NEGATIVES,
+                         split: str = "test", max_users: int | None = None, seed: int = 0) -> dict[str, dict]:
+    """Per negative kind ("random": uniform over unseen items; "hard": from the Swing neighbours of the user's
+    last item), the `auc_pairs` held-out positives and negatives as {"labels", "scores" (P(Yes))}; one model load."""
+    bad = [n for n in negatives if n not in NEGATIVES]
+    if bad or not negatives:
+        raise ValueError(f"negatives must be among {NEGATIVES}, got {negatives!r}")
+    model, tok, manifest = load_checkpoint(checkpoint, device=evaluation_device())
+    ds = load_dataset(dataset_dir)
+    loo = leave_one_out(ds.sequences())
+    sc = manifest.get("sft_config", {})
+    titles = titles_from_items(ds.items) if sc.get("titles") else None
+    out = {}
+    for kind in negatives:
+        hard = swing_neighbors(loo.train) if kind == "hard" else None
+        labels, p = pair_scores(model, tok, loo, split, hard, int(sc.get("max_history", 10)), max_users, seed,
+                                titles=titles)
+        out[kind] = {"labels": labels, "scores": p}
+    return out
 
 
 def discriminator_auc(checkpoint: str | Path, dataset_dir: str | Path, negatives: str = "random", split: str = "valid",
                       max_users: int | None = None, seed: int = 0) -> float:
     """ROC-AUC of P(Yes) on held-out positives vs random (or Swing-hard) negatives."""
-    if negatives not in ("random", "hard"):
+    if negatives not in NEGATIVES:
         raise ValueError(f"negatives must be 'random' or 'hard', got {negatives!r}")
-    model, tok, manifest = load_checkpoint(checkpoint, device=evaluation_device())
-    ds = load_dataset(dataset_dir)
-    loo = leave_one_out(ds.sequences())
-    hard = swing_neighbors(loo.train) if negatives == "hard" else None
-    sc = manifest.get("sft_config", {})
-    titles = titles_from_items(ds.items) if sc.get("titles") else None
-    return auc_on_split(model, tok, loo, split, hard, int(sc.get("max_history", 10)), max_users, seed, titles=titles)
+    s = discriminator_scores(checkpoint, dataset_dir, (negatives,), split, max_users, seed)[negatives]
+    return roc_auc(s["labels"], s["scores"])

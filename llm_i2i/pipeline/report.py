@@ -75,6 +75,7 @@ def build_report(store: ArtifactStore, cfg: PipelineConfig, wall_seconds: float 
         "backbones": backbones,
         "generator_alone": _subset(ev["generator_alone"], ks) if "generator_alone" in ev else None,
         "discriminator_auc": ev.get("discriminator_auc"),
+        "discriminator": ev.get("discriminator"),
         "synthetic_pairs": {"generated": syn.get("generated", 0), "kept": syn["kept"], "funnel": syn,
                             "threshold": None if cut["keep_none"] else cut["cut"], "cut": cut,
                             "real": fuse_stats[LLM_I2I]["real"]},
@@ -134,6 +135,31 @@ def summary_lines(r: dict[str, Any]) -> list[str]:
     ]
 
 
+def _share(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.2f}%"
+
+
+def discriminator_line(d: dict[str, Any]) -> str:
+    """One line on how good the discriminator is: AUCs, all-generated vs kept precision, calibration error."""
+    auc, prec, cal = d["auc"], d["kept_precision"], d["calibration"]
+    gen, kept, cut = prec["generated"], prec.get("kept"), prec["cut"]
+    if cut["keep_none"] or not kept:
+        kept_txt = "none kept (the cut chose keep none)"
+    else:
+        kept_txt = f"{_share(kept['test'])} of {kept['pairs']} kept at P(Yes) >= {cut['cut']:.4g}"
+        if prec["kept_over_generated_test"] is not None:
+            kept_txt += f" (x{prec['kept_over_generated_test']:.2f})"
+        kept_txt += f"; valid-or-test {_share(gen['valid_or_test'])} -> {_share(kept['valid_or_test'])}"
+    ece = ", ".join(f"{name.replace('_', ' ')} {_fmt(cal[name]['ece'])}" for name in
+                    ("random_negatives", "candidates_test") if name in cal)
+    return (f"Discriminator on the {d['split']} split: ROC-AUC {_fmt(auc.get('random'))} vs random negatives, "
+            f"{_fmt(auc.get('hard'))} vs Swing-hard negatives, {_fmt(auc['candidates_test'])} on the generator's own "
+            f"candidates (label: the user's test item; the generator's own rank scores "
+            f"{_fmt(auc['generator_rank_test'])}; {_fmt(auc['candidates_valid'])} for the validation item). "
+            f"Synthetic pairs that are the user's test item: {_share(gen['test'])} of {gen['pairs']} generated -> "
+            f"{kept_txt}. Expected calibration error: {ece}.")
+
+
 def render_markdown(r: dict[str, Any]) -> str:
     k = MAIN_K
     p = r["protocol"]
@@ -151,6 +177,8 @@ def render_markdown(r: dict[str, Any]) -> str:
         "Kept synthetic pairs are appended after each user's real training history in generator-rank order. "
         f"Discriminator AUC: {_fmt(r['discriminator_auc'])}.",
         "",
+        *([discriminator_line(r["discriminator"]), "", "![discriminator calibration](plots/calibration.png)", ""]
+          if r.get("discriminator") else []),
         "## Backbones: no augmentation vs LLM-I2I",
         "",
         f"| backbone | R@{k} no | R@{k} LLM-I2I | lift | N@{k} no | N@{k} LLM-I2I | lift | long-tail R@{k} no | long-tail R@{k} LLM-I2I |",
@@ -232,6 +260,8 @@ def plot_report(r: dict[str, Any], out_dir: Path) -> list[Path]:
         ax.legend(fontsize=8)
         fig.tight_layout()
         paths.append(_save(fig, out_dir / "cut.png"))
+    if r.get("discriminator"):
+        paths.append(_save(plot_calibration(r["discriminator"], r["dataset"]["name"]), out_dir / "calibration.png"))
     for fig_name, key, xlabel in (("recall_number", "N", "recall number N"), ("confidence", "confidence", "confidence level")):
         rows = r["figures"][fig_name]
         if not rows:
@@ -247,6 +277,41 @@ def plot_report(r: dict[str, Any], out_dir: Path) -> list[Path]:
         fig.tight_layout()
         paths.append(_save(fig, out_dir / f"{fig_name}.png"))
     return paths
+
+
+CALIBRATION_SETS = {"random_negatives": "test positives vs random negatives",
+                    "hard_negatives": "test positives vs Swing-hard negatives",
+                    "candidates_test": "generator candidates (positive = test item)"}
+
+
+def plot_calibration(d: dict[str, Any], dataset: str):
+    """Reliability diagram (observed positive rate against mean P(Yes) per bin) and the pairs per bin."""
+    import matplotlib.pyplot as plt
+
+    fig, (ax, hist) = plt.subplots(1, 2, figsize=(11, 4))
+    ax.plot([0, 1], [0, 1], color="grey", ls="--", label="perfectly calibrated")
+    width = 1 / d["calibration"]["bins"] / (len(CALIBRATION_SETS) + 1)
+    for i, (name, label) in enumerate(CALIBRATION_SETS.items()):
+        table = d["calibration"].get(name)
+        if table is None:
+            continue
+        rows = [b for b in table["bins"] if b["count"]]
+        ax.plot([b["mean_confidence"] for b in rows], [b["positive_rate"] for b in rows], "o-",
+                label=f"{label}: ECE {table['ece']:.3f}, AUC {_fmt(d['auc'].get(name.replace('_negatives', '')))}")
+        hist.bar([b["lo"] + (i + 0.5) * width for b in table["bins"]], [b["count"] for b in table["bins"]], width,
+                 label=label)
+    ax.set_xlabel("mean P(Yes) in bin")
+    ax.set_ylabel("observed positive rate")
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(fontsize=7)
+    hist.set_yscale("log")
+    hist.set_xlabel("P(Yes) bin")
+    hist.set_ylabel("pairs")
+    hist.legend(fontsize=7)
+    fig.suptitle(f"{dataset}: discriminator calibration ({d['split']} split)")
+    fig.tight_layout()
+    return fig
 
 
 def _save(fig, path: Path) -> Path:

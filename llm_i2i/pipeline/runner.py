@@ -64,7 +64,7 @@ STAGE_FUNCS: dict[str, Callable[..., StageResult]] = {
     "build_index": lambda store, cfg, ops, map_fn: st.build_index(store, cfg, store.get("prepare"), store.get("train_i2i")),
     "evaluate": lambda store, cfg, ops, map_fn: st.evaluate(
         store, cfg, store.get("prepare"), store.get("train_i2i"), store.get("sft_generator"),
-        store.get("sft_discriminator"), ops),
+        store.get("sft_discriminator"), ops, store.get("fuse"), store.get("discriminate")),
 }
 assert tuple(STAGE_FUNCS) == STAGES
 

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 from llm_i2i.config import to_dict
 from llm_i2i.data import leave_one_out, load_dataset, read_canonical, save_dataset
 from llm_i2i.data.sequences import Sequences
+from llm_i2i.eval.discriminator import CALIBRATION_BINS, candidate_quality, roc_auc, scored_pairs_quality
 from llm_i2i.eval.evaluate import evaluate_neighbors
 from llm_i2i.i2i import make_backbone
 from llm_i2i.i2i.base import Neighbors
@@ -47,7 +48,9 @@ class LLMOps:
     generate: Callable[[dict[str, Any], Path, Path, Path], dict]  # (config, ckpt, dataset_dir, out_path) -> stats
     discriminate: Callable[[dict[str, Any], Path, Path, Path, Path], dict]  # (+ pairs_path) -> stats
     evaluate_generator: Callable[[Path, Path, Any, dict[str, Any]], dict]  # (ckpt, dataset_dir, eval_cfg, gen cfg)
-    discriminator_auc: Callable[[Path, Path, Any], float]  # (ckpt, dataset_dir, max_users) -> test AUC, random negatives
+    # (ckpt, dataset_dir, max_users) -> {"random" | "hard": {"labels", "scores"}}: P(Yes) of test-split positives
+    # and negatives (`llm_i2i.llm.sft_metrics.discriminator_scores`)
+    discriminator_scores: Callable[[Path, Path, Any], dict[str, dict[str, np.ndarray]]]
 
 
 def real_llm_ops(runners: Runners) -> LLMOps:
@@ -86,12 +89,12 @@ def real_llm_ops(runners: Runners) -> LLMOps:
         kw = {k: gen_cfg[k] for k in ("history_len", "exclude_history", "max_users") if gen_cfg.get(k) is not None}
         return runner.call(ev, ckpt, dataset_dir, eval_cfg, **kw)
 
-    def discriminator_auc(ckpt, dataset_dir, max_users):
-        from llm_i2i.llm.sft import discriminator_auc as auc
+    def discriminator_scores(ckpt, dataset_dir, max_users):
+        from llm_i2i.llm.sft_metrics import discriminator_scores as scores
 
-        return float(runner.call(auc, ckpt, dataset_dir, negatives="random", split="test", max_users=max_users))
+        return runner.call(scores, ckpt, dataset_dir, split="test", max_users=max_users)
 
-    return LLMOps(sft, generate, discriminate, evaluate_generator, discriminator_auc)
+    return LLMOps(sft, generate, discriminate, evaluate_generator, discriminator_scores)
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -379,13 +382,14 @@ def build_index(store: ArtifactStore, cfg: PipelineConfig, data: Artifact, fits:
 
 
 def evaluate(store: ArtifactStore, cfg: PipelineConfig, data: Artifact, fits: Artifact, gen: Artifact | None,
-             disc: Artifact | None, ops: LLMOps) -> StageResult:
-    """Metrics of every fit on the test split (protocol `eval_preset`), the generator alone, discriminator AUC."""
+             disc: Artifact | None, ops: LLMOps, fused: Artifact, scored: Artifact) -> StageResult:
+    """Metrics of every fit on the test split (protocol `eval_preset`), the generator alone, and how good the
+    discriminator is (`discriminator_quality`: AUCs, calibration, precision of the synthetic pairs)."""
     eval_cfg = cfg.eval_config()
     config = {"eval": to_dict(eval_cfg), "plan": fit_plan(cfg), "generator_alone": cfg.generator_alone,
               "llm_eval_max_users": cfg.llm_eval_max_users, "discriminator_auc": cfg.discriminator_auc,
-              "generate": to_dict(cfg.generate)}
-    inputs = {"prepare": data, "train_i2i": fits}
+              "generate": to_dict(cfg.generate), "calibration_bins": CALIBRATION_BINS}
+    inputs = {"prepare": data, "train_i2i": fits, "fuse": fused, "discriminate": scored}
     if gen is not None:
         inputs["sft_generator"] = gen
     if disc is not None:
@@ -405,10 +409,42 @@ def evaluate(store: ArtifactStore, cfg: PipelineConfig, data: Artifact, fits: Ar
             t0 = time.perf_counter()
             results["generator_alone"] = ops.evaluate_generator(checkpoint_of(gen), dataset_dir(data), eval_cfg, gen_cfg)
             results["generator_alone_seconds"] = time.perf_counter() - t0
+        pairs = None
         if cfg.discriminator_auc and disc is not None:
-            results["discriminator_auc"] = ops.discriminator_auc(checkpoint_of(disc), dataset_dir(data), cfg.llm_eval_max_users)
+            pairs = ops.discriminator_scores(checkpoint_of(disc), dataset_dir(data), cfg.llm_eval_max_users)
+            results["discriminator_auc"] = roc_auc(pairs["random"]["labels"], pairs["random"]["scores"])
+        results["discriminator"] = discriminator_quality(cfg, split, pairs, scored, fused)
         results["protocol"] = to_dict(eval_cfg)
         write_json(results, out / "metrics.json")
         return {"fits": len(results["fits"])}
 
     return store.run_stage("evaluate", config, inputs, run)
+
+
+def discriminator_quality(cfg: PipelineConfig, split, pairs: dict[str, dict] | None, scored: Artifact,
+                          fused: Artifact) -> dict[str, Any]:
+    """The discriminator judged on the test split: AUC against random and Swing-hard negatives (`pairs`, scored by
+    `LLMOps.discriminator_scores`; absent when `discriminator_auc` is off), AUC and calibration on the generator's
+    own scored candidates, and the precision of all generated vs kept synthetic pairs (no re-scoring here)."""
+    kept = {key: pq.read_table(path) for key, name in (("without_discriminator", "wo_discriminator"), ("kept", LLM_I2I))
+            if (path := fused.path / "variants" / _safe(name) / "interactions.parquet").exists()}
+    cand = candidate_quality(split, pq.read_table(scored.path / "scored.parquet"), kept)
+    auc, calibration, counts = {}, {}, {}
+    for kind, s in (pairs or {}).items():
+        q = scored_pairs_quality(s["labels"], s["scores"])
+        auc[kind], counts[kind] = q["auc"], q["pairs"]
+        calibration[f"{kind}_negatives"] = q["calibration"]
+    auc.update(candidates_test=cand["auc"]["test"], candidates_valid=cand["auc"]["valid"],
+               generator_rank_test=cand["generator_rank_auc_test"])
+    calibration["candidates_test"] = cand["calibration"]
+    cut = fused.manifest["stats"]["cut"]
+    prec = cand["precision"]
+    kept_test, all_test = prec.get("kept", {}).get("test"), prec["generated"]["test"]
+    ratio = kept_test / all_test if kept_test is not None and all_test else None
+    return {
+        "split": "test", "max_users": cfg.llm_eval_max_users, "auc": auc,
+        "pairs": {**counts, "candidates": cand["counts"]},
+        "kept_precision": {**prec, "kept_over_generated_test": ratio, "generate_split": cfg.generate.split,
+                           "cut": {k: cut[k] for k in ("mode", "cut", "keep_none")}},
+        "calibration": {"bins": CALIBRATION_BINS, **calibration},
+    }

@@ -80,12 +80,14 @@ class FakeLLM:
         top = np.argsort(-split.train.item_counts(), kind="stable")[: eval_cfg.max_k]
         return evaluate_topk(np.tile(top, (split.full.n_users, 1)), split, eval_cfg)
 
-    def discriminator_auc(self, ckpt, dataset_dir, max_users):
-        self.calls["discriminator_auc"] += 1
-        return 0.5
+    def discriminator_scores(self, ckpt, dataset_dir, max_users):
+        """Two positives and two negatives per kind; by hand, AUC random = (1 + 1 + 1 + 1/2) / 4, hard = 1/2."""
+        self.calls["discriminator_scores"] += 1
+        return {"random": {"labels": np.array([1, 0, 1, 0]), "scores": np.array([0.8, 0.3, 0.4, 0.4])},
+                "hard": {"labels": np.array([1, 0, 1, 0]), "scores": np.full(4, 0.5)}}
 
     def ops(self) -> LLMOps:
-        return LLMOps(self.sft, self.generate, self.discriminate, self.evaluate_generator, self.discriminator_auc)
+        return LLMOps(self.sft, self.generate, self.discriminate, self.evaluate_generator, self.discriminator_scores)
 
 
 class HangingLLM(FakeLLM):

@@ -105,3 +105,17 @@ def test_served_recommend_equals_recommend_batch_under_the_serving_preset(run):
     metrics = json.loads((out / "evaluate" / "metrics.json").read_text())["fits"]["swing/llm_i2i"]
     assert evaluated == metrics["users_evaluated"]
     assert hits > 0 and hits / evaluated == pytest.approx(metrics[f"recall@{preset.max_k}"])
+
+
+def test_discriminator_block_on_the_real_ops(run):
+    """The real scorer's random-negative pairs give the contract's `discriminator_auc`; the hard ones and the
+    generator's candidates (failed rows counted, never scored) are reported beside it."""
+    out, report = run
+    d = report["discriminator"]
+    assert d["auc"]["random"] == report["discriminator_auc"] and 0.0 <= d["auc"]["hard"] <= 1.0
+    assert d["pairs"]["random"] == d["pairs"]["hard"] == 2 * CONFIG["llm_eval_max_users"]
+    scored = pq.read_table(out / "discriminate" / "scored.parquet")
+    c = d["pairs"]["candidates"]
+    assert c["candidates"] == scored.num_rows and c["not_scored"] == len(scored["error"].drop_null()) > 0
+    assert c["pairs"] + c["user_not_evaluated"] == scored.num_rows - c["not_scored"]
+    assert d["kept_precision"]["generated"]["pairs"] == c["pairs"] >= d["kept_precision"]["kept"]["pairs"]

@@ -51,7 +51,7 @@ def _fit_and_score(split: LeaveOneOut, fused: Fused, backbone: str, overrides: d
                    eval_cfg: EvalConfig) -> tuple[dict[str, Any], np.ndarray]:
     _check_valid(eval_cfg)
     model = make_backbone(backbone, None, overrides)
-    metrics, hits = score_neighbors(model.fit(fused.sequences, split.targets("valid")), split, eval_cfg)
+    metrics, hits = score_neighbors(model.fit(fused.sequences, split.targets("valid"), fused.n_real), split, eval_cfg)
     return {**metrics, "synthetic_kept": fused.report["synthetic"]["kept"]}, hits
 
 

@@ -267,9 +267,11 @@ def _save_fused(fused: Fused, out: Path) -> None:
     write_json(fused.report, out / "report.json")
 
 
-def load_fused_sequences(variant_dir: Path) -> Sequences:
-    a = {k: np.load(variant_dir / f"{k}.npy", allow_pickle=False) for k in ("user_ids", "indptr", "items", "item_ids")}
-    return Sequences(a["user_ids"], a["indptr"], a["items"], a["item_ids"])
+def load_fused(variant_dir: Path) -> tuple[Sequences, np.ndarray]:
+    """A fused variant's sequences and its `n_real` (real items per user; the rest are synthetic)."""
+    a = {k: np.load(variant_dir / f"{k}.npy", allow_pickle=False)
+         for k in ("user_ids", "indptr", "items", "item_ids", "n_real")}
+    return Sequences(a["user_ids"], a["indptr"], a["items"], a["item_ids"]), a["n_real"]
 
 
 def own_variant(backbone: str) -> str:
@@ -336,10 +338,10 @@ def fit_plan(cfg: PipelineConfig) -> list[tuple[str, str]]:
 
 def fit_one(backbone: str, overrides: dict[str, Any], variant_dir: str, valid_targets: np.ndarray) -> dict[str, Any]:
     """Fit one backbone on one fused training set; returns the neighbour arrays and timing (Ray-task friendly)."""
-    train = load_fused_sequences(Path(variant_dir))
+    train, n_real = load_fused(Path(variant_dir))
     model = make_backbone(backbone, None, overrides)
     t0 = time.perf_counter()
-    nb = model.fit(train, valid_targets)
+    nb = model.fit(train, valid_targets, n_real)
     return {"indptr": nb.indptr, "neighbors": nb.neighbors, "scores": nb.scores, "item_ids": nb.item_ids,
             "seconds": time.perf_counter() - t0, "config": to_dict(model.config),
             "fit_report": getattr(model, "report", {})}

@@ -20,7 +20,7 @@ from llm_i2i.pipeline.config import STAGES
 from llm_i2i.pipeline.cut import OBJECTIVE, choose_between, choose_cuts, paired_gain, pick_cut, validation_metrics
 from llm_i2i.pipeline.fuse import FuseConfig
 from llm_i2i.pipeline.runner import run_pipeline
-from llm_i2i.pipeline.stages import BASELINE, LLM_I2I, load_fused_sequences, own_variant
+from llm_i2i.pipeline.stages import BASELINE, LLM_I2I, load_fused, own_variant
 from tests.pipeline.fakes import FakeLLM
 from tests.pipeline.test_pipeline import tiny_config
 
@@ -146,7 +146,8 @@ def test_pipeline_trains_each_backbone_on_its_own_cut(run_dir, helpful_run_dir, 
         data = fits[f"bm25/{LLM_I2I}"]["data"]
         assert data == (own_variant("bm25") if bm25["cut"] != per["swing"]["cut"] else LLM_I2I)
         assert fused[data]["synthetic"]["kept"] == bm25["valid"]["synthetic_kept"] > 0
-        refit = make_backbone("bm25", None, {}).fit(load_fused_sequences(out / "fuse" / "variants" / data))
+        seqs, n_real = load_fused(out / "fuse" / "variants" / data)
+        refit = make_backbone("bm25", None, {}).fit(seqs, None, n_real)
         assert _fits(out, "bm25", LLM_I2I).equals(refit.to_table())
     assert (out / "plots" / "cut.png").stat().st_size > 0 and "## Each backbone's own cut" in (out / "report.md").read_text()
     assert set(STAGES) <= set(report["stages"])

@@ -113,14 +113,17 @@ class I2IModel(abc.ABC):
     """Fit on users' sequences, return each item's top-K neighbours (self excluded).
 
     `valid_targets[u]` (dense item, -1 if none) is the item that follows user u's sequence; models
-    that early-stop use it, the rest ignore it.
+    that early-stop use it, the rest ignore it. `n_real[u]`: user u's first n_real[u] items are real, the rest
+    synthetic (appended by LLM-I2I's fuse stage); None = all real. BM25 down-weights synthetic rows
+    (`synthetic_weight`), the others treat every row alike.
     """
 
     name: ClassVar[str]
     config: Any
 
     @abc.abstractmethod
-    def fit(self, train: Sequences, valid_targets: np.ndarray | None = None) -> Neighbors: ...
+    def fit(self, train: Sequences, valid_targets: np.ndarray | None = None,
+            n_real: np.ndarray | None = None) -> Neighbors: ...
 
 
 def cosine_neighbors(

@@ -9,6 +9,11 @@ and scores sim(i, j) = sum_u W[i, u] * W[j, u] (an unnormalised dot product), ke
 entries of each row *including the item itself* (implicit's `all_pairs_knn`). So K=20 means an item's
 index row holds at most 20 entries before self is dropped, usually 19 others: BM25 never fills the
 200-slot index; `k` only truncates further.
+
+Synthetic rows (LLM-I2I) count `synthetic_weight` instead of 1 in c[i, u]. One real co-click is enough for
+BM25 to link two items, so on sparse data its short rows already hold most next-item links; synthetic rows at
+full weight add neighbours that push real ones down and out (docs/quickstart.md, "BM25 and the cut"). At a
+small weight they only fill empty slots and break ties between real co-clicks.
 """
 
 from __future__ import annotations
@@ -30,6 +35,9 @@ class BM25Config:
     K1: float = 1.2
     B: float = 0.75
     num_threads: int = 0  # 0 = all cores; rows are independent, so results do not depend on it
+    # a synthetic row's count relative to a real one (chosen on quickstart VALIDATION Recall@10, 3 seeds: 0.01 >=
+    # 0.1 > 0.5 > 1; docs/quickstart.md)
+    synthetic_weight: float = 0.01
 
     def validate(self) -> None:
         if self.k <= 0:
@@ -42,14 +50,19 @@ class BM25Config:
             raise ValueError(f"bm25.B must be in [0, 1], got {self.B}")
         if self.num_threads < 0:
             raise ValueError(f"bm25.num_threads must be >= 0, got {self.num_threads}")
+        if not 0.0 < self.synthetic_weight <= 1.0:
+            raise ValueError(f"bm25.synthetic_weight must be in (0, 1], got {self.synthetic_weight}")
 
 
-def user_item_counts(train: Sequences) -> sp.csr_matrix:
-    """users x items CSR of interaction counts (repeats summed), float64 - what implicit's fit takes."""
+def user_item_counts(train: Sequences, n_real: np.ndarray | None = None, synthetic_weight: float = 1.0) -> sp.csr_matrix:
+    """users x items CSR of interaction counts (repeats summed), float64 - what implicit's fit takes. With
+    `n_real`, rows past each user's first n_real[u] are synthetic and count `synthetic_weight`."""
     users = np.repeat(np.arange(train.n_users, dtype=np.int64), train.lengths)
-    m = sp.csr_matrix(
-        (np.ones(len(users), np.float64), (users, train.items.astype(np.int64))), shape=(train.n_users, train.n_items)
-    )
+    weight = np.ones(len(users), np.float64)
+    if n_real is not None:
+        position = np.arange(len(users)) - np.repeat(train.indptr[:-1], train.lengths)
+        weight[position >= np.repeat(np.asarray(n_real, np.int64), train.lengths)] = synthetic_weight
+    m = sp.csr_matrix((weight, (users, train.items.astype(np.int64))), shape=(train.n_users, train.n_items))
     m.sum_duplicates()
     return m
 
@@ -80,11 +93,12 @@ class BM25(I2IModel):
         self.config.validate()
         self.report: dict = {}
 
-    def fit(self, train: Sequences, valid_targets: np.ndarray | None = None) -> Neighbors:
+    def fit(self, train: Sequences, valid_targets: np.ndarray | None = None,
+            n_real: np.ndarray | None = None) -> Neighbors:
         from implicit.nearest_neighbours import BM25Recommender
 
         cfg = self.config
-        counts = user_item_counts(train)
+        counts = user_item_counts(train, n_real, cfg.synthetic_weight)
         model = BM25Recommender(K=cfg.K, K1=cfg.K1, B=cfg.B, num_threads=cfg.num_threads)
         with warnings.catch_warnings():  # implicit hands its own COO weighting to itself and warns about it
             warnings.filterwarnings("ignore", message="Method expects CSR input")

@@ -52,7 +52,8 @@ class BPR(I2IModel):
         self.item_factors: np.ndarray | None = None  # [n_items, factors + 1], kept for inspection/tests
         self.report: dict = {}
 
-    def fit(self, train: Sequences, valid_targets: np.ndarray | None = None) -> Neighbors:
+    def fit(self, train: Sequences, valid_targets: np.ndarray | None = None,
+            n_real: np.ndarray | None = None) -> Neighbors:
         from implicit.cpu.bpr import BayesianPersonalizedRanking
 
         cfg = self.config

@@ -363,7 +363,8 @@ class Swing(I2IModel):
         self.runner = runner  # the sharded path (ray_jobs.swing_sharded.RaySwingRunner), used past a size
         self.report: dict = {}
 
-    def fit(self, train: Sequences, valid_targets: np.ndarray | None = None) -> Neighbors:
+    def fit(self, train: Sequences, valid_targets: np.ndarray | None = None,
+            n_real: np.ndarray | None = None) -> Neighbors:
         from llm_i2i.i2i.base import neighbors_from_dense_topk
 
         g = build_graph(train, self.config)

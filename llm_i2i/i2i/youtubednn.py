@@ -150,7 +150,8 @@ class YoutubeDNN(I2IModel):
         self.item_embeddings: np.ndarray | None = None  # best epoch's [n_items, d]
         self.report: dict = {}
 
-    def fit(self, train: Sequences, valid_targets: np.ndarray | None = None) -> Neighbors:
+    def fit(self, train: Sequences, valid_targets: np.ndarray | None = None,
+            n_real: np.ndarray | None = None) -> Neighbors:
         import torch
 
         cfg = self.config

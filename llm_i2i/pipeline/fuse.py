@@ -7,8 +7,9 @@ Rules, in order, each counted in the report (nothing is dropped silently):
   `threshold` (when `use_discriminator`), if the user already has that item in the training history, or if it
   repeats an earlier candidate of the same user;
 * the paper keeps pairs the discriminator answers "Yes" with confidence 1.0; P(Yes) of a small model rarely
-  reaches 1.0 and its scale differs per dataset, so the default cut is `auto`: `cut.choose_cut` picks it on
-  VALIDATION Recall@10 (possibly "keep none"), and `resolve` writes the chosen cut into the config;
+  reaches 1.0 and its scale differs per dataset, so the default cut is `auto`: `cut.choose_cuts` picks it per
+  backbone on that backbone's VALIDATION Recall@10 (possibly "keep none"), and `resolve` writes a chosen cut into
+  the config;
 * kept synthetic items join the user's sequence AFTER the real training history, in generator rank order
   (timestamp = position), so sequence-aware backbones see them as the most recent clicks;
 * `filter_real` ("w/o generator" ablation): real training interactions the discriminator scores below
@@ -26,6 +27,7 @@ import pyarrow.compute as pc
 
 from llm_i2i.data.schema import SOURCE_REAL, SOURCE_SYNTHETIC
 from llm_i2i.data.sequences import Sequences
+from llm_i2i.i2i import BACKBONES
 
 
 AUTO = "auto"
@@ -39,6 +41,13 @@ class FuseConfig:
     # the cuts `auto` tries: confidence quantiles that keep these fractions of the scored candidates (plus
     # "keep none"), so the grid follows each discriminator's own scale
     auto_kept_fractions: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
+    # `auto` picks a cut per backbone. These (and the first backbone) are fitted at every cut above, which is cheap
+    # for them; any other backbone chooses between "keep none" and the first backbone's cut from the two fits the
+    # pipeline makes of it anyway (BPR and YoutubeDNN fits take minutes each on Beauty)
+    auto_curve_backbones: tuple[str, ...] = ("swing", "bm25")
+    # a cut is kept only if it beats "keep none" on validation by this many standard errors of a paired sign test
+    # over users ((gained - lost) / sqrt(gained + lost)); 1.645 = one-sided 5%, 0 = any net gain
+    auto_min_gain_z: float = 1.645
     use_discriminator: bool = True  # False = "w/o discriminator": every generated pair is kept
     add_synthetic: bool = True  # False = "w/o generator": no synthetic pairs at all
     max_rank: int | None = None  # keep generator ranks < max_rank (Figure 5a's N; None = all generated)
@@ -51,6 +60,11 @@ class FuseConfig:
             raise ValueError(f"fuse.threshold must be 'auto' or a number in [0, 1], got {self.threshold!r}")
         if not self.auto_kept_fractions or any(not 0 < f <= 1 for f in self.auto_kept_fractions):
             raise ValueError(f"fuse.auto_kept_fractions must be in (0, 1], got {self.auto_kept_fractions}")
+        unknown = sorted(set(self.auto_curve_backbones) - set(BACKBONES))
+        if unknown:
+            raise ValueError(f"fuse.auto_curve_backbones: unknown backbone(s) {unknown}; choose from {sorted(BACKBONES)}")
+        if not self.auto_min_gain_z >= 0:
+            raise ValueError(f"fuse.auto_min_gain_z must be >= 0, got {self.auto_min_gain_z}")
         if not 0.0 <= self.real_threshold <= 1.0:
             raise ValueError(f"fuse.real_threshold must be in [0, 1], got {self.real_threshold}")
         if self.max_rank is not None and self.max_rank <= 0:
@@ -115,7 +129,7 @@ def fuse(train: Sequences, candidates: pa.Table | None, cfg: FuseConfig, real_sc
     history_keys = user_of * n_items + train.items
     keep_real = np.ones(len(train.items), bool)
     if cfg.needs_cut:
-        raise ValueError("fuse.threshold is 'auto': choose the cut first (pipeline.cut.choose_cut, FuseConfig.resolve)")
+        raise ValueError("fuse.threshold is 'auto': choose the cut first (pipeline.cut.choose_cuts, FuseConfig.resolve)")
     report: dict[str, Any] = {"config": dict(cfg.__dict__), "real": {"train_interactions": int(len(train.items))}}
 
     if cfg.filter_real:

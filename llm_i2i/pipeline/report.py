@@ -78,6 +78,7 @@ def build_report(store: ArtifactStore, cfg: PipelineConfig, wall_seconds: float 
         "discriminator": ev.get("discriminator"),
         "synthetic_pairs": {"generated": syn.get("generated", 0), "kept": syn["kept"], "funnel": syn,
                             "threshold": None if cut["keep_none"] else cut["cut"], "cut": cut,
+                            "cut_per_backbone": store.get("train_i2i").manifest["stats"]["cuts"],
                             "real": fuse_stats[LLM_I2I]["real"]},
         "ablations": ablations,
         "figures": figures,
@@ -207,6 +208,15 @@ def render_markdown(r: dict[str, Any]) -> str:
         lines += [f"| {_cut_label(c['cut'])}{' (chosen)' if c['cut'] == cut['cut'] else ''} | {c['synthetic_kept']} | "
                   f"{_fmt(c['recall@10'])} | {_fmt(c['ndcg@10'])} | {_fmt(c['long_tail_recall@10'])} |"
                   for c in cut["curve"]]
+    per = r["synthetic_pairs"]["cut_per_backbone"]
+    if cut["mode"] == "auto":
+        lines += ["", "## Each backbone's own cut (validation; keep none unless a cut wins by the sign test)", "",
+                  f"| backbone | cuts tried | chosen | valid R@{k} keep none -> chosen | users gained / lost | z |",
+                  "|---|---|---|---|---|---|"]
+        tried = {"curve": "all", "keep_none_or_first": "keep none, the first backbone's"}
+        lines += [f"| {b} | {tried[c['search']]} | "
+                  f"{_cut_label(c['cut'])} | {_fmt(c['keep_none_valid']['recall@10'])} -> {_fmt(c['valid']['recall@10'])} | "
+                  f"{c['valid']['gained']} / {c['valid']['lost']} | {c['valid']['z']:+.2f} |" for b, c in per.items()]
     for fig, key in (("recall_number", "N"), ("confidence", "confidence")):
         if r["figures"][fig]:
             lines += ["", f"## Recall@{k} vs {key}", "", f"| {key} | synthetic kept | R@{k} | N@{k} |", "|---|---|---|---|"]
@@ -244,19 +254,19 @@ def plot_report(r: dict[str, Any], out_dir: Path) -> list[Path]:
     fig.suptitle(f"{r['dataset']['name']}: backbones with and without LLM-I2I ({r['protocol']['preset']} protocol)")
     fig.tight_layout()
     paths.append(_save(fig, out_dir / "backbones.png"))
-    cut = r["synthetic_pairs"]["cut"]
-    if cut["mode"] == "auto":
-        rows = sorted((c for c in cut["curve"] if c["cut"] is not None), key=lambda c: c["synthetic_kept"])
-        fig, ax = plt.subplots(figsize=(5.5, 3.6))
-        ax.plot([c["synthetic_kept"] for c in rows], [c["recall@10"] for c in rows], "o-", label="cut")
-        for c in rows:
-            ax.annotate(f"{c['cut']:.3g}", (c["synthetic_kept"], c["recall@10"]), fontsize=7,
-                        textcoords="offset points", xytext=(2, 4))
-        ax.axhline(cut["keep_none_valid"]["recall@10"], color="grey", ls="--", label="keep none (real data only)")
-        ax.axhline(cut["valid"]["recall@10"], color="green", ls=":", label=f"chosen: {_cut_label(cut['cut'])}")
-        ax.set_xlabel("synthetic pairs kept")
-        ax.set_ylabel(f"VALIDATION Recall@{k}")
-        ax.set_title(f"{r['dataset']['name']}: auto confidence cut ({cut['backbone']})")
+    curves = {b: c for b, c in r["synthetic_pairs"]["cut_per_backbone"].items() if c.get("search") == "curve"}
+    if curves:  # one line per backbone scored on the whole curve, relative to its own "keep none"
+        fig, ax = plt.subplots(figsize=(6, 3.8))
+        for b, c in curves.items():
+            none = c["keep_none_valid"]["recall@10"]
+            rel = [(row["synthetic_kept"], 100 * (row["recall@10"] / none - 1) if none else 0.0) for row in c["curve"]]
+            line, = ax.plot(*zip(*sorted(rel)), "o-", label=f"{b} (keep none R@{k} {none:.3f})")
+            chosen = next(x for x, row in zip(rel, c["curve"]) if row["cut"] == c["cut"])
+            ax.plot(*chosen, "*", ms=14, color=line.get_color())
+        ax.axhline(0, color="grey", ls="--")
+        ax.set_xlabel("synthetic pairs kept (0 = keep none)")
+        ax.set_ylabel(f"VALIDATION Recall@{k} vs keep none (%)")
+        ax.set_title(f"{r['dataset']['name']}: auto confidence cut per backbone (star = chosen)", fontsize=9)
         ax.legend(fontsize=8)
         fig.tight_layout()
         paths.append(_save(fig, out_dir / "cut.png"))

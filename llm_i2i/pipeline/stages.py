@@ -30,8 +30,8 @@ from llm_i2i.io import write_json, write_parquet
 from llm_i2i.llm.runners import Runners
 from llm_i2i.pipeline.artifacts import Artifact, ArtifactStore, StageResult, fingerprint_path
 from llm_i2i.pipeline.config import PipelineConfig
+from llm_i2i.pipeline.cut import choose_between, choose_cuts
 from llm_i2i.pipeline.fuse import PLAIN_YES, FuseConfig, Fused, fuse
-from llm_i2i.pipeline.cut import choose_cut
 from llm_i2i.progress import Progress, log
 
 BASELINE, LLM_I2I = "no_aug", "llm_i2i"
@@ -267,17 +267,28 @@ def _save_fused(fused: Fused, out: Path) -> None:
     write_json(fused.report, out / "report.json")
 
 
-def load_fused_sequences(variant_dir: Path) -> Sequences:
-    a = {k: np.load(variant_dir / f"{k}.npy", allow_pickle=False) for k in ("user_ids", "indptr", "items", "item_ids")}
-    return Sequences(a["user_ids"], a["indptr"], a["items"], a["item_ids"])
+def load_fused(variant_dir: Path) -> tuple[Sequences, np.ndarray]:
+    """A fused variant's sequences and its `n_real` (real items per user; the rest are synthetic)."""
+    a = {k: np.load(variant_dir / f"{k}.npy", allow_pickle=False)
+         for k in ("user_ids", "indptr", "items", "item_ids", "n_real")}
+    return Sequences(a["user_ids"], a["indptr"], a["items"], a["item_ids"]), a["n_real"]
+
+
+def own_variant(backbone: str) -> str:
+    """The LLM-I2I training set of a backbone whose own auto cut differs from the first backbone's."""
+    return f"{LLM_I2I}@{backbone}"
 
 
 def fuse_stage(store: ArtifactStore, cfg: PipelineConfig, data: Artifact, scored: dict[str, Artifact]) -> StageResult:
-    """Build every variant's training data from the train split + scored candidates (see `fuse.py`)."""
+    """Build every variant's training data from the train split + scored candidates (see `fuse.py`). With the
+    `auto` cut, the first backbone and `fuse.auto_curve_backbones` each get their own cut on the whole curve (a
+    backbone whose cut differs from the first's gets its own variant, `own_variant`); the others are decided by
+    `train_i2i` from the fits it makes anyway."""
     variants = fuse_variants(cfg)
     config = {"variants": {k: {**to_dict(v), "source": s} for k, (v, s) in variants.items()}}
-    if cfg.fuse.needs_cut:  # what the auto cut is chosen with
-        config["auto_cut"] = {"backbone": cfg.backbones[0], "i2i": cfg.i2i.get(cfg.backbones[0], {}),
+    curve = [b for b in cfg.backbones if b == cfg.backbones[0] or b in cfg.fuse.auto_curve_backbones]
+    if cfg.fuse.needs_cut:  # what the auto cuts are chosen with
+        config["auto_cut"] = {"backbones": {b: cfg.i2i.get(b, {}) for b in curve},
                               "eval": to_dict(cfg.eval_config(split="valid"))}
 
     def run(out: Path) -> dict[str, Any]:
@@ -287,14 +298,17 @@ def fuse_stage(store: ArtifactStore, cfg: PipelineConfig, data: Artifact, scored
         real = scored["main"].path / "real_scored.parquet"
         real_scores = pq.read_table(real) if real.exists() else None
         if cfg.fuse.needs_cut:
-            b = cfg.backbones[0]
-            cut = choose_cut(split, tables["main"], cfg.fuse, b, cfg.i2i.get(b, {}), cfg.eval_config(split="valid"))
+            cuts = choose_cuts(split, tables["main"], cfg.fuse, {b: cfg.i2i.get(b, {}) for b in curve},
+                               cfg.eval_config(split="valid"))
         else:
-            cut = {"mode": "fixed", "cut": cfg.fuse.threshold, "keep_none": False}
+            cuts = {b: {"mode": "fixed", "cut": cfg.fuse.threshold, "keep_none": False} for b in cfg.backbones}
+        cut = cuts[cfg.backbones[0]]
         log.info(f"[fuse] confidence cut: {'keep none' if cut['keep_none'] else cut['cut']} ({cut['mode']})")
+        own = {own_variant(b): (cfg.fuse, "main", c["cut"]) for b, c in cuts.items()
+               if c["cut"] != cut["cut"]}
         reports = {}
-        for name, (fcfg, source) in variants.items():
-            fcfg = fcfg.resolve(cut["cut"])
+        for name, (fcfg, source, chosen) in {**{k: (*v, cut["cut"]) for k, v in variants.items()}, **own}.items():
+            fcfg = fcfg.resolve(chosen)
             fused = fuse(train, tables.get(source), fcfg, real_scores if fcfg.filter_real else None)
             _save_fused(fused, out / "variants" / _safe(name))
             reports[name] = fused.report
@@ -305,7 +319,7 @@ def fuse_stage(store: ArtifactStore, cfg: PipelineConfig, data: Artifact, scored
         ds = read_canonical(dataset_dir(data))
         save_dataset(type(ds)(ds.name + "+llm_i2i", pq.read_table(main / "interactions.parquet"), ds.items,
                               {"fuse": reports[LLM_I2I]}), out / "dataset")
-        return {"variants": reports, "cut": cut}
+        return {"variants": reports, "cut": cut, "cuts": cuts}
 
     return store.run_stage("fuse", config, {"prepare": data, **{f"scored_{k}": a for k, a in scored.items()}}, run)
 
@@ -324,10 +338,10 @@ def fit_plan(cfg: PipelineConfig) -> list[tuple[str, str]]:
 
 def fit_one(backbone: str, overrides: dict[str, Any], variant_dir: str, valid_targets: np.ndarray) -> dict[str, Any]:
     """Fit one backbone on one fused training set; returns the neighbour arrays and timing (Ray-task friendly)."""
-    train = load_fused_sequences(Path(variant_dir))
+    train, n_real = load_fused(Path(variant_dir))
     model = make_backbone(backbone, None, overrides)
     t0 = time.perf_counter()
-    nb = model.fit(train, valid_targets)
+    nb = model.fit(train, valid_targets, n_real)
     return {"indptr": nb.indptr, "neighbors": nb.neighbors, "scores": nb.scores, "item_ids": nb.item_ids,
             "seconds": time.perf_counter() - t0, "config": to_dict(model.config),
             "fit_report": getattr(model, "report", {})}
@@ -342,23 +356,48 @@ def serial_map(fn: Callable[..., Any], args: Iterable[tuple]) -> list:
 
 def train_i2i(store: ArtifactStore, cfg: PipelineConfig, data: Artifact, fused: Artifact,
               map_fn: MapFn = serial_map) -> StageResult:
-    """Fit the I2I backbones on the fused variants; `map_fn` may run the fits in parallel (Ray tasks)."""
+    """Fit the I2I backbones on the fused variants; `map_fn` may run the fits in parallel (Ray tasks). Each
+    backbone's LLM-I2I fit uses its own cut's data (`own_variant`). With the `auto` cut, a backbone the fuse stage
+    did not choose for (not in `fuse.auto_curve_backbones`) keeps its LLM-I2I fit only if it beats its no-aug fit
+    on validation (`cut.choose_between`); otherwise its LLM-I2I neighbours are the no-aug ones ("keep none")."""
     plan = fit_plan(cfg)
-    config = {"plan": plan, "i2i": {b: cfg.i2i.get(b, {}) for b in cfg.backbones}}
+    config = {"plan": plan, "i2i": {b: cfg.i2i.get(b, {}) for b in cfg.backbones},
+              "choose_on": {"eval": to_dict(cfg.eval_config(split="valid")), "min_gain_z": cfg.fuse.auto_min_gain_z}
+              if cfg.fuse.needs_cut else None}
+    fuse_stats = fused.manifest["stats"]
+
+    def variant_of(b: str, v: str) -> str:
+        return own_variant(b) if v == LLM_I2I and own_variant(b) in fuse_stats["variants"] else v
 
     def run(out: Path) -> dict[str, Any]:
-        valid = _split(data).targets("valid")
-        args = [(b, cfg.i2i.get(b, {}), str(fused.path / "variants" / _safe(v)), valid) for b, v in plan]
+        split = _split(data)
+        valid = split.targets("valid")
+        args = [(b, cfg.i2i.get(b, {}), str(fused.path / "variants" / _safe(variant_of(b, v))), valid) for b, v in plan]
         log.info(f"[train_i2i] {len(plan)} fits: {plan}")
         results = map_fn(fit_one, args)
+        nbs = {(b, v): Neighbors(r["indptr"], r["neighbors"], r["scores"], r["item_ids"])
+               for (b, v), r in zip(plan, results)}
+        cuts = dict(fuse_stats["cuts"])
+        first = cuts[cfg.backbones[0]]
+        for b in cfg.backbones:
+            if b in cuts:
+                continue
+            cuts[b] = choose_between(split, nbs[(b, BASELINE)], nbs[(b, LLM_I2I)], first["cut"],
+                                     fuse_stats["variants"][LLM_I2I]["synthetic"]["kept"], b,
+                                     cfg.fuse.auto_min_gain_z, cfg.eval_config(split="valid"))
+            if cuts[b]["keep_none"]:
+                nbs[(b, LLM_I2I)] = nbs[(b, BASELINE)]
+            log.info(f"[train_i2i] {b}: {'keep none' if cuts[b]['keep_none'] else cuts[b]['cut']} on validation "
+                     f"(z {cuts[b]['curve'][1]['z']:+.2f} against keep none)")
         fits = {}
         for (b, v), r in zip(plan, results):
-            nb = Neighbors(r["indptr"], r["neighbors"], r["scores"], r["item_ids"])
+            nb = nbs[(b, v)]
             write_parquet(nb.to_table(), out / b / _safe(v) / "neighbors.parquet")
+            data_used = BASELINE if nb is nbs[(b, BASELINE)] else variant_of(b, v)
             fits[f"{b}/{v}"] = {"seconds": r["seconds"], "config": r["config"], "fit_report": r["fit_report"],
-                                "rows": int(nb.indptr[-1])}
+                                "rows": int(nb.indptr[-1]), "data": data_used}
         write_json(fits, out / "fits.json")
-        return {"fits": fits}
+        return {"fits": fits, "cuts": cuts}
 
     return store.run_stage("train_i2i", config, {"prepare": data, "fuse": fused}, run)
 

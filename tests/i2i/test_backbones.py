@@ -101,6 +101,33 @@ def test_user_item_counts_sums_repeats():
     m = user_item_counts(sequences_from_lists([[0, 1, 0], [2]], n_items=4))
     assert isinstance(m, sp.csr_matrix) and m.shape == (2, 4)
     np.testing.assert_array_equal(m.toarray(), [[2, 1, 0, 0], [0, 0, 1, 0]])
+    # rows past each user's real ones (LLM-I2I's synthetic items) count synthetic_weight
+    weighted = user_item_counts(sequences_from_lists([[0, 1, 0], [2, 3]], n_items=4), np.array([2, 1]), 0.1)
+    np.testing.assert_allclose(weighted.toarray(), [[1.1, 1, 0, 0], [0, 0, 1, 0.1]])
+
+
+@pytest.mark.parametrize("weight", [0.01, 0.3, 1.0])
+def test_bm25_down_weights_synthetic_rows_like_brute_force(weight, rng):
+    hist = [list(rng.integers(0, 12, size=rng.integers(1, 10))) for _ in range(30)]
+    n_real = np.array([rng.integers(0, len(h) + 1) for h in hist])
+    train = sequences_from_lists(hist, n_items=14)
+    counts = np.zeros((len(hist), 14))
+    for u, h in enumerate(hist):  # brute force: position p of user u counts 1 if p < n_real[u], else weight
+        for p, item in enumerate(h):
+            counts[u, item] += 1.0 if p < n_real[u] else weight
+    sim = brute_force_bm25(counts, 1.2, 0.75)
+    support = (counts.T > 0).astype(int) @ (counts > 0).astype(int) > 0
+    nb = BM25(BM25Config(k=200, K=100, synthetic_weight=weight)).fit(train, None, n_real)
+    for i, (want_idx, _) in enumerate(oracle_rows(sim, support, K=100, k=200)):
+        idx, sc = nb.row(i)
+        assert sorted(idx.tolist()) == sorted(want_idx), f"item {i}"
+        np.testing.assert_allclose(sc, sim[i, idx], rtol=1e-12)
+    all_real = BM25(BM25Config(synthetic_weight=weight)).fit(train, None, train.lengths)
+    plain = BM25().fit(train)
+    assert all(np.array_equal(a, b) for a, b in zip(
+        (all_real.indptr, all_real.neighbors, all_real.scores), (plain.indptr, plain.neighbors, plain.scores)))
+    with pytest.raises(ValueError, match="synthetic_weight"):
+        BM25Config(synthetic_weight=0.0).validate()
 
 
 # ---------------------------------------------------------------- BPR / cosine oracle

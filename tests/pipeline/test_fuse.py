@@ -142,3 +142,8 @@ def test_config_validation():
         FuseConfig(auto_kept_fractions=(0.0,)).validate()
     with pytest.raises(ValueError, match="max_rank"):
         FuseConfig(max_rank=0).validate()
+    with pytest.raises(ValueError, match="auto_curve_backbones.*'lightgcn'"):
+        from_dict(FuseConfig, {"auto_curve_backbones": ["bm25", "lightgcn"]})
+    with pytest.raises(ValueError, match="auto_min_gain_z"):
+        from_dict(FuseConfig, {"auto_min_gain_z": -1.0})
+    assert from_dict(FuseConfig, {"auto_curve_backbones": ["bpr"], "auto_min_gain_z": 0}).auto_curve_backbones == ("bpr",)

@@ -15,7 +15,7 @@ from llm_i2i.data import leave_one_out, read_canonical, save_dataset
 from llm_i2i.eval.protocol import EvalConfig
 from llm_i2i.pipeline.fuse import FuseConfig
 from llm_i2i.pipeline.runner import run_pipeline
-from llm_i2i.pipeline.cut import choose_cut, validation_metrics
+from llm_i2i.pipeline.cut import choose_cuts, validation_metrics
 from llm_i2i.pipeline.tune import SweepConfig, summarize, trial_metrics
 from tests.pipeline.fakes import FakeLLM
 from tests.pipeline.test_pipeline import tiny_config
@@ -64,7 +64,7 @@ VALID = EvalConfig.from_preset("paper", split="valid")
 
 
 def _cut(ds_dir, candidates, fuse_cfg=FuseConfig()):
-    return choose_cut(leave_one_out(read_canonical(ds_dir).sequences()), candidates, fuse_cfg, "swing", {}, VALID)
+    return choose_cuts(leave_one_out(read_canonical(ds_dir).sequences()), candidates, fuse_cfg, {"swing": {}}, VALID)["swing"]
 
 
 def test_auto_cut_is_the_best_validation_point_and_never_reads_test(run_dir, tmp_path):
@@ -76,9 +76,11 @@ def test_auto_cut_is_the_best_validation_point_and_never_reads_test(run_dir, tmp
     split = leave_one_out(read_canonical(ds_dir).sequences())
     for row in got["curve"]:
         assert validation_metrics(split, cands, FuseConfig().resolve(row["cut"]), "swing", {}, VALID) == \
-            {k: v for k, v in row.items() if k != "cut"}
-    # ... and the choice is the first best (keep none first, then the highest cut: ties keep fewer pairs)
-    best = max(got["curve"], key=lambda r: r["recall@10"])
+            {k: v for k, v in row.items() if k not in ("cut", "gained", "lost", "z")}
+    # ... and the choice is the first best of keep none and the cuts that pass the sign test (keep none first,
+    # then the highest cut: ties keep fewer pairs)
+    passing = [got["curve"][0]] + [r for r in got["curve"][1:] if r["z"] > FuseConfig().auto_min_gain_z]
+    best = max(passing, key=lambda r: r["recall@10"])
     assert got["cut"] == best["cut"] and got["keep_none"] == (best["cut"] is None)
     assert _cut(_with_test_items_replaced(ds_dir, tmp_path / "ds"), cands) == got
 

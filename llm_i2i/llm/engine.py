@@ -31,10 +31,10 @@ class InferenceEngine(abc.ABC):
     def known_items(self, item_ids: np.ndarray) -> np.ndarray:
         """Boolean mask: which external ids have an item token in this checkpoint."""
         ids = np.asarray(item_ids, dtype=np.int64)
-        if len(self.item_ids) == 0:
-            return np.zeros(len(ids), bool)
-        pos = np.clip(np.searchsorted(self.item_ids, ids), 0, len(self.item_ids) - 1)
-        return self.item_ids[pos] == ids
+        known = self.__dict__.get("_known_set")
+        if known is None:  # a set, not searchsorted: this runs once per row, where numpy's per-call cost dominates
+            known = self.__dict__["_known_set"] = frozenset(np.asarray(self.item_ids, dtype=np.int64).tolist())
+        return np.fromiter((i in known for i in ids.tolist()), dtype=bool, count=len(ids))
 
     @abc.abstractmethod
     def top_items(self, histories: Sequence[np.ndarray], n: int, exclude_history: bool) -> TopItems:

@@ -62,12 +62,15 @@ def _batches_in_process(table: pa.Table, spec: EngineSpec, batch_fn, batch_kwarg
 
 
 def _batches_on_ray(table: pa.Table, spec: EngineSpec, batch_fn, batch_kwargs, num_actors: int,
-                    actor_num_cpus: float, num_gpus: float, batch_size: int):
+                    actor_num_cpus: float, num_gpus: float, batch_size: int, actor_start_timeout_s: int):
     import ray
 
     # one block per batch so every actor gets work from the start; order is kept for reproducible files
     ds = ray.data.from_arrow(table).repartition(max(1, math.ceil(table.num_rows / batch_size)))
     ds.context.execution_options.preserve_order = True
+    # the whole pool first: otherwise a stage whose GPUs are still being freed (Ray Train's placement groups go
+    # asynchronously) streams every batch through the first actor up while the others wait
+    ds.context.wait_for_min_actors_s = actor_start_timeout_s
     ds = ds.map_batches(
         EngineActor,
         fn_constructor_kwargs=dict(spec=portable(spec), batch_fn=batch_fn, batch_kwargs=portable(batch_kwargs)),
@@ -81,7 +84,7 @@ def _batches_on_ray(table: pa.Table, spec: EngineSpec, batch_fn, batch_kwargs, n
 def map_with_engine(table: pa.Table, batch_fn: Callable[..., pa.Table], batch_kwargs: dict[str, Any],
                     spec: EngineSpec, schema: pa.Schema, out_path: str | Path, *, num_actors: int,
                     actor_num_cpus: float, num_gpus: float | None = None, batch_size: int,
-                    units_of: Callable[[pa.Table], int] | None = None, max_error_fraction: float = 1.0,
+                    actor_start_timeout_s: int = 0, units_of: Callable[[pa.Table], int] | None = None, max_error_fraction: float = 1.0,
                     desc: str = "inference", unit: str = "rows") -> dict[str, Any]:
     """Apply `batch_fn` to every batch of `table` and write the concatenated output to `out_path`.
 
@@ -99,7 +102,7 @@ def map_with_engine(table: pa.Table, batch_fn: Callable[..., pa.Table], batch_kw
         init_ray()
         num_gpus = gpus_per_actor(num_gpus)
         batches = _batches_on_ray(table, spec, batch_fn, batch_kwargs, num_actors, actor_num_cpus, num_gpus,
-                                  batch_size)
+                                  batch_size, actor_start_timeout_s)
         where = f"{num_actors} Ray actor(s) x {actor_num_cpus} CPU x {num_gpus:g} GPU"
     log.info(f"{desc}: {table.num_rows} {unit} through {spec.kind} engine on {where}, batch {batch_size}")
     progress = Progress(table.num_rows, desc, unit)

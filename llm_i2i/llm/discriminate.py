@@ -33,6 +33,7 @@ class DiscriminateConfig:
     batch_size: int = 128  # pairs per engine call
     num_actors: int = 1  # Ray Data actors; 0 = in this process without Ray
     actor_num_cpus: float = 0.5  # fractional: Ray Data needs < 1 on a 2-core box
+    actor_start_timeout_s: int = 600  # wait this long for all num_actors actors before streaming; 0 = start on the first
     num_gpus: float | None = None  # GPUs per actor; None = 1 if the Ray cluster declares GPUs, else 0
     torch_threads: int = 0  # intra-op threads per actor; 0 = torch default
     engine_options: dict[str, Any] = field(default_factory=dict)  # passed to the engine's constructor
@@ -44,8 +45,10 @@ class DiscriminateConfig:
         check_error_fraction(self.max_error_fraction)
         if self.engine not in ENGINES:
             raise ValueError(f"engine must be one of {ENGINES}, got {self.engine!r}")
-        if self.history_len < 1 or self.batch_size < 1 or self.num_actors < 0 or self.actor_num_cpus <= 0:
-            raise ValueError("history_len >= 1, batch_size >= 1, num_actors >= 0, actor_num_cpus > 0 are required")
+        if (self.history_len < 1 or self.batch_size < 1 or self.num_actors < 0 or self.actor_num_cpus <= 0
+                or self.actor_start_timeout_s < 0):
+            raise ValueError("history_len >= 1, batch_size >= 1, num_actors >= 0, actor_num_cpus > 0, "
+                             "actor_start_timeout_s >= 0 are required")
         if self.num_gpus is not None and self.num_gpus < 0:
             raise ValueError(f"num_gpus must be >= 0 (or unset: from the cluster), got {self.num_gpus}")
         if self.split not in SPLITS:
@@ -139,6 +142,7 @@ def run_discriminate(cfg: DiscriminateConfig, checkpoint_dir: str | Path, datase
     run = runner(requests, discriminate_batch, dict(history_len=cfg.history_len), spec,
                  output_schema(requests.schema), out_path, num_actors=cfg.num_actors,
                  actor_num_cpus=cfg.actor_num_cpus, num_gpus=cfg.num_gpus, batch_size=cfg.batch_size,
+                 actor_start_timeout_s=cfg.actor_start_timeout_s,
                  max_error_fraction=cfg.max_error_fraction, desc="discriminate", unit="pairs")
     return {
         "pairs_in": pairs.num_rows,

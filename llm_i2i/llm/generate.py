@@ -47,6 +47,7 @@ class GenerateConfig:
     batch_size: int = 64  # users per engine call
     num_actors: int = 1  # Ray Data actors; 0 = run in this process without Ray (reference / debugging)
     actor_num_cpus: float = 0.5  # fractional CPUs per actor (Ray Data needs < 1 on a 2-core box)
+    actor_start_timeout_s: int = 600  # wait this long for all num_actors actors before streaming; 0 = start on the first
     num_gpus: float | None = None  # GPUs per actor; None = 1 if the Ray cluster declares GPUs, else 0
     torch_threads: int = 0  # intra-op threads per actor; 0 = torch default
     engine_options: dict[str, Any] = field(default_factory=dict)  # e.g. {device: cuda, dtype: bfloat16} or vLLM args
@@ -62,8 +63,9 @@ class GenerateConfig:
             raise ValueError(f"history_len must be >= 1, got {self.history_len}")
         if self.engine not in ENGINES:
             raise ValueError(f"engine must be one of {ENGINES}, got {self.engine!r}")
-        if self.batch_size < 1 or self.num_actors < 0 or self.actor_num_cpus <= 0:
-            raise ValueError("batch_size >= 1, num_actors >= 0 and actor_num_cpus > 0 are required")
+        if self.batch_size < 1 or self.num_actors < 0 or self.actor_num_cpus <= 0 or self.actor_start_timeout_s < 0:
+            raise ValueError("batch_size >= 1, num_actors >= 0, actor_num_cpus > 0 and actor_start_timeout_s >= 0 "
+                             "are required")
         if self.num_gpus is not None and self.num_gpus < 0:
             raise ValueError(f"num_gpus must be >= 0 (or unset: from the cluster), got {self.num_gpus}")
         if self.split not in SPLITS:
@@ -206,7 +208,8 @@ def run_generate(cfg: GenerateConfig, checkpoint_dir: str | Path, dataset_dir: s
         requests, generate_batch,
         dict(recall_number=cfg.recall_number, exclude_history=cfg.exclude_history, history_len=cfg.history_len),
         spec, CANDIDATES_SCHEMA, out_path, num_actors=cfg.num_actors, actor_num_cpus=cfg.actor_num_cpus,
-        num_gpus=cfg.num_gpus, batch_size=cfg.batch_size, units_of=users_in, max_error_fraction=cfg.max_error_fraction,
+        num_gpus=cfg.num_gpus, batch_size=cfg.batch_size, actor_start_timeout_s=cfg.actor_start_timeout_s,
+        units_of=users_in, max_error_fraction=cfg.max_error_fraction,
         desc="generate", unit="users",
     )
     seconds = time.perf_counter() - t0

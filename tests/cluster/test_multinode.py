@@ -166,9 +166,9 @@ def run_on_cluster_and_alone(tmp_path, env, cluster, config: dict, expected: dic
 
 
 def test_ci_pipeline_on_three_nodes_places_gpu_work_on_gpu_nodes(tmp_path, auth_env, cluster):
-    # two SFT runs x 2 workers; generate and discriminate ask for 2 actors each, but with one GPU per node a
-    # stage's second actor can still be pending when its few batches are done: at least one per stage ran
-    times = run_on_cluster_and_alone(tmp_path, auth_env, cluster, CI_CONFIG, {SFT_WORKER: 4, INFERENCE_ACTOR: 2},
+    # two SFT runs x 2 workers; generate and discriminate 2 actors each: a stage streams only once its whole pool
+    # is up (`actor_start_timeout_s`), so none of them is left pending while another does every batch
+    times = run_on_cluster_and_alone(tmp_path, auth_env, cluster, CI_CONFIG, {SFT_WORKER: 4, INFERENCE_ACTOR: 4},
                                      uri_root=True)
     print(f"multi-node CI variant (URI root): {times}")
 

@@ -215,11 +215,13 @@ def test_configs_load_from_overrides_and_reject_bad_values():
     cfg = load_config(GenerateConfig, None, ["engine_options.device=cpu", "recall_number=7", "torch_threads=2"])
     assert cfg.recall_number == 7 and engine_spec(cfg, "ck").options == {"torch_threads": 2, "device": "cpu"}
     assert engine_spec(load_config(DiscriminateConfig, None, ["engine=vllm", "torch_threads=2"]), "ck").options == {}
-    for bad in (["recall_number=0"], ["engine=tgi"], ["split=test"], ["nope=1"]):
+    for bad in (["recall_number=0"], ["engine=tgi"], ["split=test"], ["nope=1"], ["actor_start_timeout_s=-1"]):
         with pytest.raises((ValueError, ConfigError)):
             load_config(GenerateConfig, None, bad)
     with pytest.raises(ValueError, match="history_len"):
         load_config(DiscriminateConfig, None, ["history_len=0"])
+    with pytest.raises(ValueError, match="actor_start_timeout_s"):
+        load_config(DiscriminateConfig, None, ["actor_start_timeout_s=-1"])
 
 
 def test_titles_go_into_prompts_when_the_checkpoint_was_trained_with_them(world, tiny_model, tokenizer, items, tmp_path):

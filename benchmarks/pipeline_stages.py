@@ -26,7 +26,10 @@ def summary(report: dict[str, Any]) -> dict[str, Any]:
                      "long_tail_llm_i2i": v["llm_i2i"]["long_tail"]["recall@10"]}
                  for b, v in report["backbones"].items()}
     pairs = report["synthetic_pairs"]
-    return {"stages": stages, "stage_seconds": sum(s["seconds"] for s in stages.values()), "backbones": backbones,
+    ablations = report.get("ablations") or {}
+    share = (ablations["llm_i2i"]["recall@10"] / ablations["wo_discriminator"]["recall@10"] - 1
+             if {"llm_i2i", "wo_discriminator"} <= set(ablations) else None)
+    return {"discriminator_share": share, "dataset": report["dataset"].get("name"), "stages": stages, "stage_seconds": sum(s["seconds"] for s in stages.values()), "backbones": backbones,
             "generated": pairs["generated"], "kept": pairs["kept"], "cut": pairs["threshold"],
             "discriminator_auc": report.get("discriminator_auc"),
             "discriminator": (report.get("discriminator") or {}).get("auc")}
@@ -61,6 +64,9 @@ def render(record: dict[str, Any]) -> str:
     out.append("| discriminator ROC-AUC, random negatives | " + " | ".join(
         f"{runs[lb]['discriminator_auc']:.4f}" if runs[lb]["discriminator_auc"] is not None else "–" for lb in labels)
         + " |")
+    out.append("| discriminator's share: Swing R@10, full / w/o discriminator | " + " | ".join(
+        f"{runs[lb]['discriminator_share']:+.1%}" if runs[lb].get("discriminator_share") is not None else "–"
+        for lb in labels) + " |")
     return "\n".join(out)
 
 

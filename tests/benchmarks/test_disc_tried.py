@@ -1,0 +1,48 @@
+"""benchmarks/disc_tried.py gathers every discriminator run from the records it is given, and pipeline_stages
+computes the discriminator's share from a report's ablations."""
+
+import json
+
+from benchmarks import disc_tried, pipeline_stages
+
+
+def _quality_run(auc: float, seconds: float) -> dict:
+    return {"config": {"neg_ratio": 1, "positions_per_user": 3, "epochs": 1, "negatives": "random"},
+            "training": {"train_seconds": seconds, "tokens": 10, "best_epoch": 1},
+            "valid_auc_random": auc, "valid_auc_hard": 1 - auc}
+
+
+def _report(full: float, wo_disc: float) -> dict:
+    r10 = {"recall@10": 0.1, "long_tail": {"recall@10": 0.0}}
+    return {"stages": {"sft_discriminator": {"seconds": 7.0, "status_this_run": "ran"}},
+            "backbones": {"swing": {"baseline": r10, "llm_i2i": r10}}, "dataset": {"name": "Toys"},
+            "synthetic_pairs": {"generated": 10, "kept": 4, "threshold": 0.5}, "discriminator_auc": 0.7,
+            "ablations": {"llm_i2i": {"recall@10": full}, "wo_discriminator": {"recall@10": wo_disc}}}
+
+
+def test_every_discriminator_run_becomes_one_point_and_the_page_names_the_best(tmp_path):
+    quality = {"results": [{"dataset": "Beauty", "runs": {"generator_a4": {"config": {}, "training": {}},
+                                                          "d1": _quality_run(0.7, 100), "d2": _quality_run(0.8, 50)}}]}
+    pipelines = {"runs": {"run": pipeline_stages.summary(_report(0.12, 0.10)),
+                          "reused": {**pipeline_stages.summary(_report(0.1, 0.1)),
+                                     "stages": {"sft_discriminator": {"seconds": 1.0, "reused": True}}}}}
+    paths = []
+    for name, rec in (("q.json", quality), ("p.json", pipelines)):
+        (tmp_path / name).write_text(json.dumps(rec))
+        paths.append(str(tmp_path / name))
+    out = tmp_path / "page" / "tried"
+    assert disc_tried.main(["--quality", paths[0], "--pipelines", paths[1], "--out", str(out)]) == 0
+    points = json.loads(out.with_suffix(".json").read_text())["points"]
+    # the generator run and the reused stage are not discriminator trainings of their own
+    assert sorted(p["label"] for p in points) == ["d1", "d2", "run"]
+    run = next(p for p in points if p["label"] == "run")
+    assert run["dataset"] == "Toys" and abs(run["share"] - 0.2) < 1e-12 and run["seconds"] == 7.0
+    page = out.with_suffix(".md").read_text()
+    assert "**0.800** (Beauty, d2)" in page and "**+20.0%** (Toys, run)" in page
+    assert out.with_name("tried.png").stat().st_size > 0
+
+
+def test_share_is_absent_without_the_ablation():
+    report = _report(0.1, 0.1)
+    del report["ablations"]
+    assert pipeline_stages.summary(report)["discriminator_share"] is None

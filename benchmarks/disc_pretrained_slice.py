@@ -31,7 +31,8 @@ from llm_i2i.llm.sft_metrics import discriminator_auc
 from llm_i2i.progress import log, setup_logging
 
 VARIANTS: dict[str, tuple[str, list[str]]] = {
-    "scratch": ("2-layer 128-wide Llama from random weights (the CPU default model)", []),
+    # the scratch model's lr as recorded (the library default before it moved to 2e-3)
+    "scratch": ("2-layer 128-wide Llama from random weights (the CPU default model)", ["lr=0.003"]),
     # a pretrained model fine-tunes at a much smaller step than the scratch default (3e-3); 2e-4 is the usual
     # order for full fine-tuning of a ~100M model with AdamW, and keeps the title-initialised item tokens near
     # where they start in a few hundred steps
@@ -64,7 +65,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                   slice_interactions=ds.interactions.num_rows, slice_items=ds.items.num_rows,
                   full_users=int(len(np.unique(full.interactions.column("user_id").to_numpy()))), variants={})
     common = ["role=discriminator", "negatives=random", f"epochs={args.epochs}", "patience=0",
-              f"batch_size={args.batch_size}", "warmup_steps=10", f"eval_users={args.users}", f"seed={args.seed}"]
+              f"batch_size={args.batch_size}", "warmup_steps=10", "positions_per_user=1", "model.dropout=0.0",
+              f"eval_users={args.users}", f"seed={args.seed}"]
     for name in args.variants:
         what, sets = VARIANTS[name]
         cfg = load_config(SFTConfig, None, [*common, *sets])

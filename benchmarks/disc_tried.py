@@ -64,7 +64,8 @@ def pipeline_points(record: dict[str, Any], source: str) -> list[dict[str, Any]]
 
 
 def slice_points(record: dict[str, Any], source: str) -> list[dict[str, Any]]:
-    return [{"source": source, "dataset": f"{record.get('dataset', 'Beauty')} slice", "label": name,
+    return [{"source": source, "dataset": f"{record.get('dataset', 'Beauty')} slice of {record['users']:,} users",
+             "label": name,
              "split": "valid (slice)", "auc_random": v["auc_random"], "auc_hard": v.get("auc_hard"),
              "seconds": v["train_seconds"], "tokens": v.get("tokens"), "what": v.get("what", name)}
             for name, v in record["variants"].items()]

@@ -130,7 +130,7 @@ def build(args, size: Size, tokenizer, items, seed: int):
 
     torch.manual_seed(seed)
     cfg = ModelConfig(base_model=args.base_model, hidden_size=size.hidden, num_layers=size.layers,
-                      num_heads=size.heads, intermediate_size=size.ffn, dtype="float32")
+                      num_heads=size.heads, intermediate_size=size.ffn, dtype="float32", dropout=0.0)
     model = build_model(cfg, tokenizer, items)
     _, tids = item_vocabulary(tokenizer)
     tail = popularity(len(tids)) <= popularity(len(tids))[int(0.8 * len(tids))]  # bottom 20% by popularity

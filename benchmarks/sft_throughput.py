@@ -31,7 +31,7 @@ from benchmarks._common import DEFAULT_LOCK, LOCK_ENV, provenance, run_locked, r
 from llm_i2i.data import long_tail_mask
 from llm_i2i.data.sequences import Sequences
 from llm_i2i.llm.losses import generator_loss
-from llm_i2i.llm.modeling import build_model
+from llm_i2i.llm.modeling import ModelConfig, build_model
 from llm_i2i.llm.scoring import decoder_of
 from llm_i2i.llm.sft_config import SFTConfig
 from llm_i2i.llm.sft_data import SFTExamples, collate, epoch_batches, generator_examples
@@ -175,7 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     thread_counts = [int(x) for x in args.threads.split(",")]
     main_threads = thread_counts[0]
     torch.set_num_threads(main_threads)
-    cfg = SFTConfig(batch_size=args.batch_size)
+    # the step as recorded: no dropout (its random masks would make the before/after loss curves differ), the
+    # learning-rate schedule of the pages in benchmarks/results
+    cfg = SFTConfig(batch_size=args.batch_size, lr=3e-3, warmup_steps=30, model=ModelConfig(dropout=0.0))
     tokenizer, examples, tail = sports_standin(args.users, args.items, cfg.seed)
     batches = epoch_batches(examples.lengths, cfg.batch_size, cfg.seed, 0)
     total_steps = len(batches) * cfg.epochs

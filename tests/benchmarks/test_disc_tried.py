@@ -46,3 +46,12 @@ def test_share_is_absent_without_the_ablation():
     report = _report(0.1, 0.1)
     del report["ablations"]
     assert pipeline_stages.summary(report)["discriminator_share"] is None
+
+
+def test_slice_points_name_the_slice_size_so_two_slices_stay_apart():
+    def record(users: int) -> dict:
+        return {"dataset": "Beauty", "users": users,
+                "variants": {"scratch": {"auc_random": 0.5, "auc_hard": 0.5, "train_seconds": 3.0, "tokens": 9}}}
+    points = disc_tried.slice_points(record(500), "a") + disc_tried.slice_points(record(2000), "b")
+    assert [p["dataset"] for p in points] == ["Beauty slice of 500 users", "Beauty slice of 2,000 users"]
+    assert points[1]["seconds"] == 3.0 and points[1]["auc_random"] == 0.5

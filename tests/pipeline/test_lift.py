@@ -21,11 +21,14 @@ TINY_MODEL = {"hidden_size": 64, "num_layers": 1, "num_heads": 2, "intermediate_
 def small_config(seed: int, **data) -> PipelineConfig:
     """The quickstart pipeline at a CI size: no Ray, tiny models, Swing only, the two ablation rows that need no
     extra LLM work; the discriminator learns from the generator's own wrong predictions, as in the quickstart."""
-    sft = {"model": TINY_MODEL, "batch_size": 64, "eval_users": 300, "threads": 2, "seed": seed}
+    # warmup, dropout and one discriminator positive per user: the settings this CI guard was sized with
+    sft = {"model": {**TINY_MODEL, "dropout": 0.0}, "batch_size": 64, "warmup_steps": 30, "eval_users": 300,
+           "threads": 2, "seed": seed}
     return from_dict(PipelineConfig, {
         "data": "default", "synthetic": {"n_users": 1200, "n_items": 400, "seed": seed, **data},
         "backbones": ["swing"], "ablations": True, "wo_longtail_loss": False, "score_real": False,
-        "sft_generator": {**sft, "epochs": 3, "lr": 0.005}, "sft_discriminator": {**sft, "epochs": 1, "lr": 0.005, "negatives": "generator"},
+        "sft_generator": {**sft, "epochs": 3, "lr": 0.005}, "sft_discriminator": {**sft, "epochs": 1, "lr": 0.005, "negatives": "generator",
+                                                                              "positions_per_user": 1},
         "generate": {"recall_number": 5, "num_actors": 0, "batch_size": 256},
         "discriminate": {"num_actors": 0, "batch_size": 512},
         "generator_alone": False, "discriminator_auc": False,

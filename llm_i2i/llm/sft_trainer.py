@@ -206,6 +206,11 @@ def load_tokenizer(path: str | Path):
     return tok
 
 
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """The torch seed of one optimizer step on one worker (distinct per step and rank, same on every rerun)."""
+    return (seed * 1_000_003 + step) * 1_009 + rank
+
+
 def train_worker(job: SFTJob, rank: int = 0, world: int = 1,
                  report: Callable[[dict[str, Any]], None] | None = None) -> bool:
     """Train (or resume) `job` as rank `rank` of `world`; True when the run finished and rank 0 wrote the
@@ -267,6 +272,9 @@ def train_worker(job: SFTJob, rank: int = 0, world: int = 1,
             batch = {k: v.to(stepper.device) for k, v in collate(prep.examples, idx, pid, cfg.role).items()}
             for g in stepper.optimizer.param_groups:
                 g["lr"] = lr_at(cfg, state["global_step"], total)
+            # dropout masks are a function of (seed, step, rank) alone, so a run resumed at any step, on any node,
+            # draws the masks the uninterrupted run drew
+            torch.manual_seed(step_seed(cfg.seed, state["global_step"], rank))
             loss = stepper.step(batch).item()
             state["global_step"] += 1
             state["step_in_epoch"] += 1

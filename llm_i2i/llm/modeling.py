@@ -38,8 +38,8 @@ class ModelConfig:
     item_init: str = "auto"  # auto (title_mean on a pretrained base, random from scratch) | title_mean | random
     vocab_size: int = 4000  # sub-word vocabulary trained for a scratch model
     # training-time dropout on token embeddings and attention: a small model on sparse histories overfits fast
-    # (with the SFT defaults of sft_config.py, Beauty with no config: Swing R@10 +25.6% against +14.9% with no
-    # dropout and the previous defaults, benchmarks/results/beauty_idle.md); a large pretrained base usually wants 0
+    # (with the SFT defaults of sft_config.py, Beauty with no config: Swing R@10 +22.8% / +25.6% against +14.9% with
+    # no dropout and the previous defaults, benchmarks/results/beauty_idle.md); a large pretrained base usually wants 0
     dropout: float = 0.2
 
     def validate(self) -> None:

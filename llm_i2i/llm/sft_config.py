@@ -32,9 +32,10 @@ class SFTConfig:
     # minute of the pipeline's costliest stages (benchmarks/results/beauty_noconfig.md)
     patience: int | None = None
     # lr, warmup_steps, batch_size, positions_per_user and the model's dropout: the settings that generalise best
-    # with no config on both datasets, measured on one idle machine (beauty_idle.md: Beauty Swing R@10 +25.6% in
-    # 22.6 min, every backbone up, against +14.9% in 14.9 min with lr 3e-3, warmup 30, batch 128, 1 positive, no
-    # dropout; toys_sft_settings.md: Toys +12.6%, every backbone up, against +10.3%)
+    # with no config on both datasets, measured on one idle machine (beauty_idle.md: Beauty Swing R@10 +22.8% and
+    # +25.6% in two runs of about 22 min, every backbone up, against +14.9% in 14.9 min with lr 3e-3, warmup 30,
+    # batch 128, 1 positive, no dropout; toys_sft_settings.md: Toys +14.2% and +12.6%, every backbone up, against
+    # +10.3% with the previous defaults)
     lr: float = 2e-3  # paper: 5e-5 for a 7B base; a small scratch model needs far more
     weight_decay: float = 0.0
     warmup_steps: int = 50

@@ -26,10 +26,10 @@ class SFTConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     epochs: int = 30  # upper bound: `patience` stops once validation stops improving, so the budget fits the data
     # epochs without a better validation metric before stopping (0: run every epoch); None: the role's default,
-    # 2 for the generator, 1 for the discriminator. Measured on Beauty with no config: the generator's validation
-    # NDCG@10 rose smoothly to epoch 11 and fell after it, and the discriminator (which starts from the fine-tuned
-    # generator) peaked at epoch 1 (with patience 3 at epoch 3 of 6, the same AUC); each extra epoch costs about a
-    # minute of the pipeline's costliest stages (benchmarks/results/beauty_noconfig.md)
+    # 3 for the generator, 1 for the discriminator (which starts from the fine-tuned generator and peaks at epoch 1).
+    # Measured with no config on one idle machine (beauty_patience.md): with patience 2 on 4000 users the generator
+    # stopped on noise (Beauty at epoch 13, Toys at 18); patience 3 on every validation user went to epoch 19 / 23
+    # and gave Beauty Swing R@10 +28.4% (was +22.8%), Toys +14.3% (was +14.2%), for about 6 more minutes each
     patience: int | None = None
     # lr, warmup_steps, batch_size, positions_per_user and the model's dropout: the settings that generalise best
     # with no config on both datasets, measured on one idle machine (beauty_idle.md: Beauty Swing R@10 +22.8% and
@@ -58,7 +58,9 @@ class SFTConfig:
     cpus_per_worker: float = 0.5  # CPUs each Ray Train worker requests
     seed: int = 0
     checkpoint_every: int = 200  # optimizer steps between committed resume states and progress reports
-    eval_users: int = 4000  # validation users for the per-epoch model selection (0: all)
+    # validation users for the per-epoch model selection (0: all); None: the role's default, all for the generator
+    # (its NDCG@10 on 4000 users moves by more than an epoch's gain), 4000 for the discriminator (AUC pairs)
+    eval_users: int | None = None
     eval_batch_size: int = 512
     stop_after_steps: int | None = None  # stop this invocation after N steps, leaving the resume state
     threads: int | None = None  # torch intra-op threads (None: every core when idle, fewer under load)
@@ -70,6 +72,8 @@ class SFTConfig:
             raise ValueError("sft: epochs, batch_size and lr must be positive")
         if self.patience is not None and self.patience < 0:
             raise ValueError(f"sft.patience must be >= 0, got {self.patience}")
+        if self.eval_users is not None and self.eval_users < 0:
+            raise ValueError(f"sft.eval_users must be >= 0 (0: all), got {self.eval_users}")
         if self.alpha <= 0 or self.beta <= 0:
             raise ValueError("sft: alpha and beta must be positive")
         if self.zero_stage == 3:
@@ -91,7 +95,13 @@ class SFTConfig:
         """`patience` resolved for this role."""
         if self.patience is not None:
             return self.patience
-        return 2 if self.role == "generator" else 1
+        return 3 if self.role == "generator" else 1
+
+    @property
+    def selection_users(self) -> int | None:
+        """`eval_users` resolved for this role: how many validation users select the epoch (None: all)."""
+        n = self.eval_users if self.eval_users is not None else (0 if self.role == "generator" else 4000)
+        return n or None
 
     @property
     def distributed(self) -> bool:

@@ -295,7 +295,7 @@ def train_worker(job: SFTJob, rank: int = 0, world: int = 1,
                 log.info(f"stopping after {done_here} steps as asked; resume state in {job.states_dir}")
                 return False
         state["train_seconds"] += time.perf_counter() - t0
-        name, value = select_metric(cfg, model, prep, cfg.eval_users or None) if rank == 0 else ("", 0.0)
+        name, value = select_metric(cfg, model, prep, cfg.selection_users) if rank == 0 else ("", 0.0)
         value = broadcast(value, stepper.device)
         improved = state["best_metric"] is None or value > state["best_metric"]
         if improved:

@@ -292,6 +292,8 @@ def test_distributed_sft_needs_a_runner_and_zero3_is_refused(dataset_dir, tmp_pa
         run_sft(SFTConfig(num_workers=2, model=ModelConfig(**TINY)), dataset_dir, tmp_path / "x")
     with pytest.raises(ValueError, match="zero_stage=3"):
         SFTConfig(zero_stage=3).validate()
+    with pytest.raises(ValueError, match="eval_users"):
+        SFTConfig(eval_users=-1).validate()
 
 
 def test_discriminator_from_generator_learns(generator_ckpt, dataset_dir, tmp_path):

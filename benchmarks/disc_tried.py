@@ -54,11 +54,15 @@ def pipeline_points(record: dict[str, Any], source: str) -> list[dict[str, Any]]
         if stage is None or stage["reused"]:
             continue
         auc = run.get("discriminator") or {}
+        swing = run["backbones"].get("swing")
+        lift = swing["llm_i2i"] / swing["no_aug"] - 1 if swing else None
         points.append({
             "source": source, "dataset": run.get("dataset") or "Beauty", "label": label, "split": "test",
             "auc_random": run["discriminator_auc"], "auc_hard": auc.get("hard"), "seconds": stage["seconds"],
             "share": run.get("discriminator_share"), "kept": run["kept"], "generated": run["generated"],
-            "what": "whole pipeline run (sft_discriminator stage)",
+            "lift": lift, "what": "whole pipeline run (sft_discriminator stage)"
+            + (f"; Swing R@10 lift {lift:+.1%}" if lift is not None else "")
+            + ("; trained checkpoints reused (no SFT in this run)" if stage["seconds"] < 1 else ""),
         })
     return points
 
@@ -94,7 +98,8 @@ def render(record: dict[str, Any], plot: str | None) -> str:
     shares = [p for p in pts if p.get("share") is not None]
     if shares:
         top = max(shares, key=lambda p: p["share"])
-        out.append(f"Largest measured share: **{top['share']:+.1%}** ({top['dataset']}, {top['label']}).")
+        lift = f"; the Swing R@10 lift of that run: {top['lift']:+.1%}" if top.get("lift") is not None else ""
+        out.append(f"Largest measured share: **{top['share']:+.1%}** ({top['dataset']}, {top['label']}{lift}).")
     return "\n".join(out)
 
 

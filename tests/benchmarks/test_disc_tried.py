@@ -14,8 +14,9 @@ def _quality_run(auc: float, seconds: float) -> dict:
 
 def _report(full: float, wo_disc: float) -> dict:
     r10 = {"recall@10": 0.1, "long_tail": {"recall@10": 0.0}}
+    lifted = {"recall@10": full, "long_tail": {"recall@10": 0.0}}
     return {"stages": {"sft_discriminator": {"seconds": 7.0, "status_this_run": "ran"}},
-            "backbones": {"swing": {"baseline": r10, "llm_i2i": r10}}, "dataset": {"name": "Toys"},
+            "backbones": {"swing": {"baseline": r10, "llm_i2i": lifted}}, "dataset": {"name": "Toys"},
             "synthetic_pairs": {"generated": 10, "kept": 4, "threshold": 0.5}, "discriminator_auc": 0.7,
             "ablations": {"llm_i2i": {"recall@10": full}, "wo_discriminator": {"recall@10": wo_disc}}}
 
@@ -37,8 +38,10 @@ def test_every_discriminator_run_becomes_one_point_and_the_page_names_the_best(t
     assert sorted(p["label"] for p in points) == ["d1", "d2", "run"]
     run = next(p for p in points if p["label"] == "run")
     assert run["dataset"] == "Toys" and abs(run["share"] - 0.2) < 1e-12 and run["seconds"] == 7.0
+    assert abs(run["lift"] - 0.2) < 1e-12  # Swing 0.10 -> 0.12: a share is read beside the whole method's lift
     page = out.with_suffix(".md").read_text()
-    assert "**0.800** (Beauty, d2)" in page and "**+20.0%** (Toys, run)" in page
+    assert "**0.800** (Beauty, d2)" in page
+    assert "**+20.0%** (Toys, run; the Swing R@10 lift of that run: +20.0%)" in page
     assert out.with_name("tried.png").stat().st_size > 0
 
 

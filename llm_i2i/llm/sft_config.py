@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from llm_i2i.config import config_hash, to_dict
 from llm_i2i.llm.modeling import ModelConfig
@@ -103,13 +103,17 @@ class SFTConfig:
         n = self.eval_users if self.eval_users is not None else (0 if self.role == "generator" else 4000)
         return n or None
 
+    def resolved(self) -> "SFTConfig":
+        """This config with the role defaults written in, so a hash of it changes when a role default does."""
+        return replace(self, patience=self.early_stop_patience, eval_users=self.selection_users or 0)
+
     @property
     def distributed(self) -> bool:
         return self.num_workers > 1 or self.use_ray
 
     def run_hash(self) -> str:
         """Hash of what determines the trained weights (not how often we checkpoint, when we stop, or where)."""
-        d = to_dict(self)
+        d = to_dict(self.resolved())
         for k in ("stop_after_steps", "threads", "checkpoint_every", "eval_batch_size", "use_gpu", "cpus_per_worker"):
             d.pop(k)
         return config_hash(d)

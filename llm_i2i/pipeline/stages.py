@@ -162,7 +162,7 @@ def sft(store: ArtifactStore, cfg: PipelineConfig, role: str, data: Artifact, op
 
         return store.run_stage(name, {"reuse": str(ckpt)}, {}, register, {"checkpoint": content})
 
-    sft_cfg = to_dict(cfg.sft_generator if role == "generator" else cfg.sft_discriminator)
+    sft_cfg = to_dict((cfg.sft_generator if role == "generator" else cfg.sft_discriminator).resolved())
     inputs = {"prepare": data}
     external: dict[str, str] = {}
     run_cfg = sft_cfg

@@ -296,6 +296,14 @@ def test_distributed_sft_needs_a_runner_and_zero3_is_refused(dataset_dir, tmp_pa
         SFTConfig(eval_users=-1).validate()
 
 
+def test_run_hash_sees_the_role_defaults():
+    # a role default written out is the same run; another value is not, even where the field itself stays None
+    assert SFTConfig().run_hash() == SFTConfig(patience=SFTConfig().early_stop_patience, eval_users=0).run_hash()
+    assert SFTConfig().run_hash() != SFTConfig(patience=2).run_hash()
+    disc = SFTConfig(role="discriminator")
+    assert disc.resolved().eval_users == disc.selection_users and disc.resolved().patience == disc.early_stop_patience
+
+
 def test_discriminator_from_generator_learns(generator_ckpt, dataset_dir, tmp_path):
     """The discriminator starts from the generator checkpoint (same tokenizer, item embeddings) and separates
     held-out next items from random items well above chance (0.5)."""

@@ -39,3 +39,49 @@ def test_bad_input_exits_2_with_named_error(tmp_path, capsys):
     csv.write_text("user,item\n1,2\n1,x\n")
     assert main(["index", "--interactions", str(csv), "--out", str(tmp_path / "o")]) == 2
     assert "bad.csv:3" in capsys.readouterr().err
+
+
+def _fused_dataset(tmp_path):
+    """A canonical dataset dir whose later rows are marked synthetic, as the pipeline's fuse/dataset is."""
+    import numpy as np
+    import pyarrow as pa
+
+    from llm_i2i.data.dataset import Dataset
+    from llm_i2i.data.readers import save_dataset
+    from llm_i2i.data.schema import empty_items, interaction_table
+
+    rng = np.random.default_rng(0)
+    users, items, ts, source = [], [], [], []
+    for u in range(40):
+        seq = rng.choice(12, 7, replace=False)
+        users += [u] * 7
+        items += seq.tolist()
+        ts += list(range(7))
+        source += ["real"] * 4 + ["synthetic"] * 3
+    table = interaction_table(users, items, ts, source=pa.array(source, pa.string()))
+    return save_dataset(Dataset("fused", table, empty_items(np.arange(12))), tmp_path / "fused")
+
+
+def test_index_weighs_synthetic_rows_like_the_pipeline(tmp_path):
+    from llm_i2i.data import load_dataset
+    from llm_i2i.data.sequences import real_items_per_user
+    from llm_i2i.i2i.bm25 import BM25
+
+    path = _fused_dataset(tmp_path)
+    assert main(["index", "--interactions", str(path), "--model", "bm25", "--out", str(tmp_path / "idx")]) == 0
+    built = pq.read_table(tmp_path / "idx" / "neighbors.parquet")
+    ds = load_dataset(path)
+    seqs = ds.sequences()
+    n_real = real_items_per_user(ds.interactions, seqs, str(path))
+    assert n_real.tolist() == [4] * 40
+    assert built.equals(BM25().fit(seqs, None, n_real).to_table())
+    assert not built.equals(BM25().fit(seqs).to_table())  # all rows at full weight: another index
+    manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
+    assert manifest["synthetic_interactions"] == 120
+
+
+def test_baseline_refuses_synthetic_rows(tmp_path, capsys):
+    path = _fused_dataset(tmp_path)
+    assert main(["baseline", "--data", str(path), "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and "field 'source' marks synthetic interactions" in err and "Traceback" not in err

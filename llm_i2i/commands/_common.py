@@ -43,14 +43,15 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def fit_backbone(args: argparse.Namespace, train: Sequences, valid_targets: np.ndarray | None = None,
-                 runner: Any = None) -> tuple[Neighbors, dict[str, Any]]:
-    """Fit the chosen backbone; `runner` is a sharded path for backbones that take one (Swing)."""
+                 runner: Any = None, n_real: np.ndarray | None = None) -> tuple[Neighbors, dict[str, Any]]:
+    """Fit the chosen backbone; `runner` is a sharded path for backbones that take one (Swing); `n_real`: real
+    items per user when the rest are synthetic (`I2IModel.fit`)."""
     model = make_backbone(args.model, args.config, args.set, section=config_section(args.config, args.model))
     if runner is not None:
         model.runner = runner
     log.info(f"fitting {args.model} on {train.n_users} users, {train.n_items} items, {int(train.indptr[-1])} interactions")
     t0 = time.perf_counter()
-    neighbors = model.fit(train, valid_targets)
+    neighbors = model.fit(train, valid_targets, n_real)
     seconds = time.perf_counter() - t0
     log.info(f"{args.model} fitted in {seconds:.1f}s")
     info = {
@@ -59,5 +60,6 @@ def fit_backbone(args: argparse.Namespace, train: Sequences, valid_targets: np.n
         "config_hash": config_hash(model.config),
         "fit_seconds": seconds,
         "fit_report": getattr(model, "report", {}),
+        "synthetic_interactions": 0 if n_real is None else int(train.indptr[-1] - n_real.sum()),
     }
     return neighbors, info

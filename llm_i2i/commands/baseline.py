@@ -6,7 +6,8 @@ import argparse
 import time
 
 from llm_i2i.commands._common import add_model_arguments, fit_backbone
-from llm_i2i.data import leave_one_out, load_dataset
+from llm_i2i.data import DataError, leave_one_out, load_dataset
+from llm_i2i.data.sequences import real_items_per_user
 from llm_i2i.eval.evaluate import evaluate_neighbors, format_table
 from llm_i2i.eval.protocol import PRESETS, EvalConfig
 from llm_i2i.index.store import write_index
@@ -31,7 +32,11 @@ def run(args: argparse.Namespace) -> int:
     eval_cfg = EvalConfig.from_preset(args.eval_preset, **parse_overrides(args.eval_set))
     t0 = time.perf_counter()
     ds = load_dataset(args.data)
-    split = leave_one_out(ds.sequences())
+    seqs = ds.sequences()
+    if real_items_per_user(ds.interactions, seqs, args.data) is not None:
+        raise DataError(f"{args.data}: field 'source' marks synthetic interactions; a baseline holds out each user's "
+                        "last real items, so give it the real interactions only (`llm-i2i run` evaluates augmented data)")
+    split = leave_one_out(seqs)
     log.info(f"dataset {ds.name}: {split.report()}")
     valid_targets = split.targets("valid")
     neighbors, info = fit_backbone(args, split.train, valid_targets)

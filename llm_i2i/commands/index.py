@@ -7,6 +7,7 @@ import os
 
 from llm_i2i.commands._common import add_model_arguments, fit_backbone
 from llm_i2i.data import load_dataset
+from llm_i2i.data.sequences import real_items_per_user
 from llm_i2i.index.store import write_index
 from llm_i2i.progress import log
 
@@ -23,7 +24,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     ds = load_dataset(args.interactions)
     seqs = ds.sequences()
-    neighbors, info = fit_backbone(args, seqs, runner=sharded_runner(args.model))
+    # an augmented table (the pipeline's fuse/dataset) marks its synthetic rows: the backbone weighs them as
+    # `llm-i2i run` does (BM25's synthetic_weight), so the same data gives the same index
+    n_real = real_items_per_user(ds.interactions, seqs, args.interactions)
+    neighbors, info = fit_backbone(args, seqs, runner=sharded_runner(args.model), n_real=n_real)
     out = write_index(neighbors, args.out, {**info, "dataset": ds.name, "data_report": ds.report})
     log.info(f"wrote {out}/neighbors.parquet ({int(neighbors.indptr[-1])} rows, {neighbors.n_items} items)")
     return 0

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from llm_i2i.data.schema import SOURCE_REAL, DataError, interaction_table
+from llm_i2i.data.schema import SOURCE_REAL, SOURCE_SYNTHETIC, DataError, interaction_table
 
 
 @dataclass
@@ -80,13 +80,38 @@ def _norm(i: int, lens: np.ndarray) -> np.ndarray:
     return np.clip(lens + i if i < 0 else np.full_like(lens, i), 0, lens)
 
 
+def _sequence_order(interactions: pa.Table) -> np.ndarray:
+    """Row order of the sequences: by user, then timestamp, then row."""
+    users = interactions.column("user_id").to_numpy()
+    ts = interactions.column("timestamp").to_numpy()
+    return np.lexsort((np.arange(len(users)), ts, users))
+
+
+def real_items_per_user(interactions: pa.Table, seqs: Sequences, where: str) -> np.ndarray | None:
+    """`n_real` for `I2IModel.fit` from the `source` column of the table `seqs` was built from: real items per
+    user, or None when every row is real. A fused table (the pipeline's `fuse/dataset`) puts each user's synthetic
+    rows after the real ones; a synthetic row ordered before a real one of the same user cannot be told apart by
+    position, so it is refused."""
+    if "source" not in interactions.column_names:
+        return None
+    synthetic = (interactions.column("source").to_numpy(zero_copy_only=False) == SOURCE_SYNTHETIC)[
+        _sequence_order(interactions)]
+    if not synthetic.any():
+        return None
+    user_of = np.repeat(np.arange(seqs.n_users), seqs.lengths)
+    real_after = ~synthetic[1:] & synthetic[:-1] & (user_of[1:] == user_of[:-1])
+    if real_after.any():
+        u = int(user_of[1:][real_after][0])
+        raise DataError(f"{where}: user {int(seqs.user_ids[u])} has a real interaction after a synthetic one "
+                        "(timestamp order); synthetic rows must follow the user's real history")
+    return np.bincount(user_of[~synthetic], minlength=seqs.n_users).astype(np.int64)
+
+
 def sequences_from_interactions(interactions: pa.Table, item_ids: np.ndarray | None = None) -> Sequences:
     """Group by user, order by (timestamp, row order). `item_ids` fixes the dense vocabulary."""
-    users = interactions.column("user_id").to_numpy()
-    items = interactions.column("item_id").to_numpy()
-    ts = interactions.column("timestamp").to_numpy()
-    order = np.lexsort((np.arange(len(users)), ts, users))
-    users, items = users[order], items[order]
+    order = _sequence_order(interactions)
+    users = interactions.column("user_id").to_numpy()[order]
+    items = interactions.column("item_id").to_numpy()[order]
     if item_ids is None:
         item_ids = np.unique(items)
     item_ids = np.asarray(item_ids, dtype=np.int64)

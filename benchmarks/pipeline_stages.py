@@ -3,7 +3,7 @@
 Each run is named `label=DIR` (a finished `llm-i2i run --out DIR`). The page lists every stage's seconds (a
 stage reused from an earlier run keeps the seconds it took when it ran, marked `reused`), their sum, and the
 headline figures of the report: Swing and every backbone's test Recall@10 without and with LLM-I2I, long tail,
-the cut, the discriminator's AUC. Nothing is timed here; the runs were (their commands go in `--note`).
+the cut, the discriminator's AUC and share, the generator's epochs and its R@10 alone. Nothing is timed here; the runs were (their commands go in `--note`).
 
     python -m benchmarks.pipeline_stages --run before=/tmp/bt/out --run after=/tmp/bt2/out --out beauty_noconfig
 """
@@ -18,7 +18,18 @@ from typing import Any, Sequence
 from benchmarks._common import provenance, run_record, write_result
 
 
-def summary(report: dict[str, Any]) -> dict[str, Any]:
+def generator_training(run_dir: Path) -> dict[str, Any] | None:
+    """The generator's epochs (run, best, the lr schedule's length) from the run's own SFT checkpoint; None when
+    the run reused a checkpoint from elsewhere."""
+    path = run_dir / "sft_generator" / "model" / "llm_i2i_manifest.json"
+    if not path.exists():
+        return None
+    m = json.loads(path.read_text())
+    return {"epochs_run": len(m["training"]["history"]), "best_epoch": m["training"]["best_epoch"],
+            "epochs": m["sft_config"]["epochs"]}
+
+
+def summary(report: dict[str, Any], generator: dict[str, Any] | None = None) -> dict[str, Any]:
     stages = {name: {"seconds": s["seconds"], "reused": s["status_this_run"] != "ran"}
               for name, s in report["stages"].items()}
     backbones = {b: {"no_aug": v["baseline"]["recall@10"], "llm_i2i": v["llm_i2i"]["recall@10"],
@@ -32,7 +43,10 @@ def summary(report: dict[str, Any]) -> dict[str, Any]:
     return {"discriminator_share": share, "dataset": report["dataset"].get("name"), "stages": stages, "stage_seconds": sum(s["seconds"] for s in stages.values()), "backbones": backbones,
             "generated": pairs["generated"], "kept": pairs["kept"], "cut": pairs["threshold"],
             "discriminator_auc": report.get("discriminator_auc"),
-            "discriminator": (report.get("discriminator") or {}).get("auc")}
+            "discriminator": (report.get("discriminator") or {}).get("auc"), "generator": generator,
+            "generator_alone": ({"recall@10": ablations["wo_i2i"]["recall@10"],
+                                 "long_tail_recall@10": ablations["wo_i2i"]["long_tail"]["recall@10"]}
+                                if "wo_i2i" in ablations else None)}
 
 
 def render(record: dict[str, Any]) -> str:
@@ -67,6 +81,12 @@ def render(record: dict[str, Any]) -> str:
     out.append("| discriminator's share: Swing R@10, full / w/o discriminator | " + " | ".join(
         f"{runs[lb]['discriminator_share']:+.1%}" if runs[lb].get("discriminator_share") is not None else "–"
         for lb in labels) + " |")
+    out.append("| generator: best epoch / epochs run / lr schedule (epochs) | " + " | ".join(
+        "{best_epoch} / {epochs_run} / {epochs}".format(**runs[lb]["generator"]) if runs[lb].get("generator")
+        else "– (reused)" for lb in labels) + " |")
+    out.append("| generator alone: R@10 / long-tail R@10 | " + " | ".join(
+        "{recall@10:.4f} / {long_tail_recall@10:.4f}".format(**runs[lb]["generator_alone"])
+        if runs[lb].get("generator_alone") else "–" for lb in labels) + " |")
     return "\n".join(out)
 
 
@@ -84,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not directory:
             ap.error(f"--run {spec!r}: expected label=DIR")
         report = json.loads((Path(directory) / "report.json").read_text())
-        record["runs"][label] = {"dir": directory, **summary(report)}
+        record["runs"][label] = {"dir": directory, **summary(report, generator_training(Path(directory)))}
     write_result(args.out, record, render(record))
     return 0
 

@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = SFTConfig(batch_size=args.batch_size, lr=3e-3, warmup_steps=30, model=ModelConfig(dropout=0.0))
     tokenizer, examples, tail = sports_standin(args.users, args.items, cfg.seed)
     batches = epoch_batches(examples.lengths, cfg.batch_size, cfg.seed, 0)
-    total_steps = len(batches) * cfg.epochs
+    total_steps = len(batches) * cfg.epoch_budget
     torch.manual_seed(cfg.seed)
     base = build_model(cfg.model, tokenizer)
 

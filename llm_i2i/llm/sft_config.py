@@ -24,7 +24,12 @@ def negative_sources(negatives: str) -> list[str]:
 class SFTConfig:
     role: str = "generator"  # generator | discriminator
     model: ModelConfig = field(default_factory=ModelConfig)
-    epochs: int = 30  # upper bound: `patience` stops once validation stops improving, so the budget fits the data
+    # the lr decays linearly over `epochs` (to min_lr_ratio at the last step): the schedule's length, and an upper
+    # bound `patience` may cut short. None: the role's default, 20 for the generator, 1 for the discriminator (which
+    # starts from the fine-tuned generator and peaks at epoch 1). With 30 for both, the generator stopped at epoch
+    # 19-23 and the discriminator after 2 with the lr still at 40% and 95% of its peak, not annealed
+    # (benchmarks/results/sft_schedule.md)
+    epochs: int | None = None
     # epochs without a better validation metric before stopping (0: run every epoch); None: the role's default,
     # 3 for the generator, 1 for the discriminator (which starts from the fine-tuned generator and peaks at epoch 1).
     # Measured with no config on one idle machine (beauty_patience.md): with patience 2 on 4000 users the generator
@@ -68,7 +73,7 @@ class SFTConfig:
     def validate(self) -> None:
         if self.role not in ("generator", "discriminator"):
             raise ValueError(f"sft.role must be generator|discriminator, got {self.role!r}")
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+        if self.epochs is not None and self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError("sft: epochs, batch_size and lr must be positive")
         if self.patience is not None and self.patience < 0:
             raise ValueError(f"sft.patience must be >= 0, got {self.patience}")
@@ -91,6 +96,13 @@ class SFTConfig:
         self.model.validate()
 
     @property
+    def epoch_budget(self) -> int:
+        """`epochs` resolved for this role."""
+        if self.epochs is not None:
+            return self.epochs
+        return 20 if self.role == "generator" else 1
+
+    @property
     def early_stop_patience(self) -> int:
         """`patience` resolved for this role."""
         if self.patience is not None:
@@ -105,7 +117,8 @@ class SFTConfig:
 
     def resolved(self) -> "SFTConfig":
         """This config with the role defaults written in, so a hash of it changes when a role default does."""
-        return replace(self, patience=self.early_stop_patience, eval_users=self.selection_users or 0)
+        return replace(self, epochs=self.epoch_budget, patience=self.early_stop_patience,
+                       eval_users=self.selection_users or 0)
 
     @property
     def distributed(self) -> bool:

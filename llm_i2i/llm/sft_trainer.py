@@ -253,7 +253,7 @@ def train_worker(job: SFTJob, rank: int = 0, world: int = 1,
         state["resumed_at_steps"].append(state["global_step"])
     lengths = prep.examples.lengths
     steps_per_epoch = len(epoch_batches(lengths, micro, cfg.seed, 0, rank, world))
-    total = steps_per_epoch * cfg.epochs
+    total = steps_per_epoch * cfg.epoch_budget
     pid = pad_id(prep.tokenizer)
     done_here = 0
 
@@ -261,10 +261,10 @@ def train_worker(job: SFTJob, rank: int = 0, world: int = 1,
         store.commit(state, weights_of(model) if rank == 0 else None, stepper.optimizer_state(),
                      best if rank == 0 else None, best_changed)
 
-    while state["epoch"] < cfg.epochs and not state["stopped_early"]:
+    while state["epoch"] < cfg.epoch_budget and not state["stopped_early"]:
         epoch = state["epoch"]
         batches = epoch_batches(lengths, micro, cfg.seed, epoch, rank, world)
-        prog = Progress(len(batches), f"{cfg.role} SFT epoch {epoch + 1}/{cfg.epochs}", unit="step")
+        prog = Progress(len(batches), f"{cfg.role} SFT epoch {epoch + 1}/{cfg.epoch_budget}", unit="step")
         prog.done = state["step_in_epoch"]
         objective.train()
         t0 = time.perf_counter()
@@ -313,7 +313,7 @@ def train_worker(job: SFTJob, rank: int = 0, world: int = 1,
         state["history"].append(metrics)
         state["epoch"], state["step_in_epoch"], state["loss_sum"], state["loss_count"] = epoch + 1, 0, 0.0, 0
         patience = cfg.early_stop_patience
-        if patience and state["epochs_without_improvement"] >= patience and state["epoch"] < cfg.epochs:
+        if patience and state["epochs_without_improvement"] >= patience and state["epoch"] < cfg.epoch_budget:
             state["stopped_early"] = True
             log.info(f"early stop after epoch {epoch + 1}: no better valid metric for {patience} epochs "
                      f"(best epoch {state['best_epoch']})")

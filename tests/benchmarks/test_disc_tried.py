@@ -58,3 +58,23 @@ def test_slice_points_name_the_slice_size_so_two_slices_stay_apart():
     points = disc_tried.slice_points(record(500), "a") + disc_tried.slice_points(record(2000), "b")
     assert [p["dataset"] for p in points] == ["Beauty slice of 500 users", "Beauty slice of 2,000 users"]
     assert points[1]["seconds"] == 3.0 and points[1]["auc_random"] == 0.5
+
+
+def test_pipeline_stages_reads_the_generators_epochs_and_its_recall_alone(tmp_path):
+    run = tmp_path / "run"
+    report = _report(0.12, 0.10)
+    report["ablations"]["wo_i2i"] = {"recall@10": 0.09, "long_tail": {"recall@10": 0.04}}
+    (run / "sft_generator" / "model").mkdir(parents=True)
+    (run / "report.json").write_text(json.dumps(report))
+    history = [{"epoch": e} for e in range(1, 19)]
+    (run / "sft_generator" / "model" / "llm_i2i_manifest.json").write_text(
+        json.dumps({"training": {"history": history, "best_epoch": 15}, "sft_config": {"epochs": 20}}))
+    reused = tmp_path / "reused"
+    reused.mkdir()
+    (reused / "report.json").write_text(json.dumps(_report(0.1, 0.1)))
+    out = tmp_path / "page"
+    assert pipeline_stages.main(["--run", f"fresh={run}", "--run", f"reused={reused}", "--out", str(out)]) == 0
+    page = out.with_suffix(".md").read_text()
+    assert "| generator: best epoch / epochs run / lr schedule (epochs) | 15 / 18 / 20 | – (reused) |" in page
+    assert "| generator alone: R@10 / long-tail R@10 | 0.0900 / 0.0400 | – |" in page
+    assert "| swing R@10 | 0.1000 -> 0.1200 (+20.0%) | 0.1000 -> 0.1000 (+0.0%) |" in page

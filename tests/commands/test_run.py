@@ -17,11 +17,13 @@ def test_the_quickstart_config_is_for_the_embedded_data_only():
 
 def test_library_defaults_adapt_the_sft_budget_and_the_cut():
     cfg = PipelineConfig()
-    for sft in (cfg.sft_generator, cfg.sft_discriminator):
-        patience = sft.early_stop_patience
-        assert patience > 0 and sft.epochs > 3 * patience  # early stopping, not the epoch count, ends SFT
-    # the discriminator starts from the fine-tuned generator and stops sooner
-    assert cfg.sft_discriminator.early_stop_patience < cfg.sft_generator.early_stop_patience
+    gen, disc = cfg.sft_generator, cfg.sft_discriminator
+    # the generator: early stopping within an lr schedule that ends annealed (its length is `epochs`)
+    assert gen.early_stop_patience > 0 and gen.epoch_budget > 3 * gen.early_stop_patience
+    # the discriminator starts from the fine-tuned generator: one epoch, the lr annealed within it
+    assert disc.epoch_budget == 1 and disc.early_stop_patience < gen.early_stop_patience
+    assert SFTConfig(role="discriminator", epochs=3).epoch_budget == 3
+    assert gen.resolved().epochs == 20 and disc.resolved().epochs == 1
     # the generator's epoch is chosen on every validation user (a 4000-user NDCG@10 stopped it on noise)
     assert cfg.sft_generator.selection_users is None and cfg.sft_discriminator.selection_users == 4000
     assert SFTConfig(eval_users=300).selection_users == 300 and SFTConfig(eval_users=0).selection_users is None

@@ -298,10 +298,13 @@ def test_distributed_sft_needs_a_runner_and_zero3_is_refused(dataset_dir, tmp_pa
 
 def test_run_hash_sees_the_role_defaults():
     # a role default written out is the same run; another value is not, even where the field itself stays None
-    assert SFTConfig().run_hash() == SFTConfig(patience=SFTConfig().early_stop_patience, eval_users=0).run_hash()
+    assert SFTConfig().run_hash() == SFTConfig(epochs=20, patience=SFTConfig().early_stop_patience,
+                                               eval_users=0).run_hash()
     assert SFTConfig().run_hash() != SFTConfig(patience=2).run_hash()
+    assert SFTConfig().run_hash() != SFTConfig(epochs=30).run_hash()  # the lr schedule's length
     disc = SFTConfig(role="discriminator")
     assert disc.resolved().eval_users == disc.selection_users and disc.resolved().patience == disc.early_stop_patience
+    assert disc.run_hash() == SFTConfig(role="discriminator", epochs=1).run_hash()
 
 
 def test_discriminator_from_generator_learns(generator_ckpt, dataset_dir, tmp_path):

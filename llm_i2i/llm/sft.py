@@ -71,6 +71,8 @@ def _fingerprints(cfg: SFTConfig, dataset_dir: Path) -> dict[str, str]:
     prints = {"data_fingerprint": content_fingerprint(dataset_dir)}
     if cfg.model.base_model and Path(cfg.model.base_model).exists():
         prints["base_model_fingerprint"] = content_fingerprint(cfg.model.base_model)
+    if cfg.model.resolved_item_init == "text_pca" and Path(cfg.model.item_text_base).exists():
+        prints["item_text_base_fingerprint"] = content_fingerprint(cfg.model.item_text_base)
     return prints
 
 

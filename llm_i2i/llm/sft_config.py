@@ -25,10 +25,11 @@ class SFTConfig:
     role: str = "generator"  # generator | discriminator
     model: ModelConfig = field(default_factory=ModelConfig)
     # the lr decays linearly over `epochs` (to min_lr_ratio at the last step): the schedule's length, and an upper
-    # bound `patience` may cut short. None: the role's default, 20 for the generator, 1 for the discriminator (which
+    # bound `patience` may cut short. None: the role's default, 10 for the generator, 1 for the discriminator (which
     # starts from the fine-tuned generator and peaks at epoch 1). With 30 for both, the generator stopped at epoch
     # 19-23 and the discriminator after 2 with the lr still at 40% and 95% of its peak, not annealed
-    # (benchmarks/results/sft_schedule.md)
+    # (benchmarks/results/sft_schedule.md); with item tokens placed by text the generator peaks sooner, and 10
+    # annealed epochs beat 20 on Beauty (Swing +37.3% against +31.0%, benchmarks/results/item_text_init.md)
     epochs: int | None = None
     # epochs without a better validation metric before stopping (0: run every epoch); None: the role's default,
     # 3 for the generator, 1 for the discriminator (which starts from the fine-tuned generator and peaks at epoch 1).
@@ -100,7 +101,7 @@ class SFTConfig:
         """`epochs` resolved for this role."""
         if self.epochs is not None:
             return self.epochs
-        return 20 if self.role == "generator" else 1
+        return 10 if self.role == "generator" else 1
 
     @property
     def early_stop_patience(self) -> int:

@@ -23,7 +23,7 @@ def test_library_defaults_adapt_the_sft_budget_and_the_cut():
     # the discriminator starts from the fine-tuned generator: one epoch, the lr annealed within it
     assert disc.epoch_budget == 1 and disc.early_stop_patience < gen.early_stop_patience
     assert SFTConfig(role="discriminator", epochs=3).epoch_budget == 3
-    assert gen.resolved().epochs == 20 and disc.resolved().epochs == 1
+    assert gen.resolved().epochs == 10 and disc.resolved().epochs == 1
     # the generator's epoch is chosen on every validation user (a 4000-user NDCG@10 stopped it on noise)
     assert cfg.sft_generator.selection_users is None and cfg.sft_discriminator.selection_users == 4000
     assert SFTConfig(eval_users=300).selection_users == 300 and SFTConfig(eval_users=0).selection_users is None

@@ -298,8 +298,11 @@ def test_distributed_sft_needs_a_runner_and_zero3_is_refused(dataset_dir, tmp_pa
 
 def test_run_hash_sees_the_role_defaults():
     # a role default written out is the same run; another value is not, even where the field itself stays None
-    assert SFTConfig().run_hash() == SFTConfig(epochs=20, patience=SFTConfig().early_stop_patience,
+    assert SFTConfig().run_hash() == SFTConfig(epochs=10, patience=SFTConfig().early_stop_patience,
                                                eval_users=0).run_hash()
+    # the item init too: "auto" written out as what it means on the scratch model
+    assert SFTConfig().run_hash() == SFTConfig(model=ModelConfig(item_init="text_pca")).run_hash()
+    assert SFTConfig().run_hash() != SFTConfig(model=ModelConfig(item_init="random")).run_hash()
     assert SFTConfig().run_hash() != SFTConfig(patience=2).run_hash()
     assert SFTConfig().run_hash() != SFTConfig(epochs=30).run_hash()  # the lr schedule's length
     disc = SFTConfig(role="discriminator")

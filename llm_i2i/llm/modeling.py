@@ -2,9 +2,9 @@
 
 `base_model=None` builds a small Llama from config (the CPU default; sizes in `ModelConfig` were picked by
 measurement, see benchmarks/results/llm_sft.md); a local path loads a pretrained checkpoint (e.g. Llama-2-7B),
-never remote code. New item-token embeddings are initialised as the mean of the embeddings of their title's
-tokens ("title_mean") so a pretrained base starts with items placed near their text; on a scratch model the
-text embeddings are random, so "title_mean" there only makes items that share title words start close.
+never remote code. New item tokens start near their text: on a pretrained base as the mean of the embeddings of
+their title's tokens ("title_mean"); on a scratch model, whose own text embeddings are random, from a pretrained
+base's token embeddings of the item's text projected to the model's width ("text_pca").
 """
 
 from __future__ import annotations
@@ -63,6 +63,7 @@ class ModelConfig:
 
     @property
     def resolved_item_init(self) -> str:
+        """`item_init` with "auto" replaced by what it means for this model."""
         if self.item_init != "auto":
             return self.item_init
         return "title_mean" if self.base_model else "text_pca"
@@ -225,8 +226,9 @@ def init_item_embeddings_from_text(model, tokenizer, items, text_base: str, firs
     vecs = text_embeddings([t for t, p in zip(texts, placed) if p], text_base).astype(np.float64)
     emb = model.get_input_embeddings().weight
     centred = vecs - vecs.mean(0)
-    _, _, components = np.linalg.svd(centred, full_matrices=False)
-    proj = centred @ components[: emb.shape[1]].T
+    # principal axes from the (base width)^2 covariance, so memory stays O(items x width) for any catalogue size
+    _, axes = np.linalg.eigh(centred.T @ centred)
+    proj = centred @ axes[:, ::-1][:, : emb.shape[1]]
     if proj.shape[1] < emb.shape[1]:  # fewer items or a narrower base than the model: the rest stays 0
         proj = np.pad(proj, ((0, 0), (0, emb.shape[1] - proj.shape[1])))
     proj *= model.config.initializer_range / max(proj.std(), 1e-12)

@@ -14,6 +14,7 @@ converted again instead of being trained on. Nothing here downloads: bases are l
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import json
 import os
@@ -78,16 +79,27 @@ def resolve_base_model(base_model: str | os.PathLike | None, cache: Path | None 
 def convert_gguf(gguf: Path, cache: Path | None = None) -> Path:
     """The cached safetensors checkpoint of `gguf`, converted now if no verified conversion exists."""
     digest = sha256_file(gguf)
-    out = (cache or cache_root()) / "bases" / f"{gguf.stem}-{digest[:16]}"
+    root = cache or cache_root()
+    out = root / "bases" / f"{gguf.stem}-{digest[:16]}"
     if _verified(out, digest):
         return out
-    with atomic_dir(out) as tmp:
-        _dequantise(gguf, tmp)
-        files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
-        manifest = {"source": gguf.name, "source_sha256": digest, "conversion_version": CONVERSION_VERSION,
-                    "files": files}
-        (tmp / BASE_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    return out
+    # one conversion per cache however many processes ask (the SFT workers of a node share its cache): a second
+    # conversion's swap would pull the directory from under a worker already reading it
+    root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(root / f".{out.name}.convert.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if _verified(out, digest):
+            return out
+        with atomic_dir(out) as tmp:
+            _dequantise(gguf, tmp)
+            files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+            manifest = {"source": gguf.name, "source_sha256": digest, "conversion_version": CONVERSION_VERSION,
+                        "files": files}
+            (tmp / BASE_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        return out
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _verified(out: Path, digest: str) -> bool:

@@ -226,9 +226,8 @@ def init_item_embeddings_from_text(model, tokenizer, items, text_base: str, firs
     vecs = text_embeddings([t for t, p in zip(texts, placed) if p], text_base).astype(np.float64)
     emb = model.get_input_embeddings().weight
     centred = vecs - vecs.mean(0)
-    # principal axes from the (base width)^2 covariance, so memory stays O(items x width) for any catalogue size
-    _, axes = np.linalg.eigh(centred.T @ centred)
-    proj = centred @ axes[:, ::-1][:, : emb.shape[1]]
+    _, _, components = np.linalg.svd(centred, full_matrices=False)
+    proj = centred @ components[: emb.shape[1]].T
     if proj.shape[1] < emb.shape[1]:  # fewer items or a narrower base than the model: the rest stays 0
         proj = np.pad(proj, ((0, 0), (0, emb.shape[1] - proj.shape[1])))
     proj *= model.config.initializer_range / max(proj.std(), 1e-12)

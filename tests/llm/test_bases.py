@@ -59,6 +59,31 @@ def test_gguf_is_converted_once_and_reused_only_while_verified(tmp_path, fake_de
     assert convert_gguf(gguf, cache) != out and len(fake_dequantise) == 3
 
 
+def test_workers_asking_at_once_share_one_conversion(tmp_path, fake_dequantise, monkeypatch):
+    """The SFT workers of one node share its cache: while one converts, the others wait and then reuse its result
+    (a second conversion's swap would pull the directory from under a worker already reading it)."""
+    import threading
+    import time
+
+    slow = bases._dequantise
+
+    def slow_write(gguf, out):
+        time.sleep(0.3)
+        slow(gguf, out)
+
+    monkeypatch.setattr(bases, "_dequantise", slow_write)
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"weights")
+    results = []
+    workers = [threading.Thread(target=lambda: results.append(convert_gguf(gguf, tmp_path / "cache"))) for _ in range(3)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert len(fake_dequantise) == 1 and len(set(results)) == 1 and len(results) == 3
+    assert (results[0] / "model.safetensors").read_bytes() == b"weights"[::-1]
+
+
 def test_a_failed_conversion_leaves_nothing_behind(tmp_path, monkeypatch):
     def broken(gguf, out):
         (out / "model.safetensors").write_bytes(b"half")

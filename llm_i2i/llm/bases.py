@@ -94,6 +94,8 @@ def convert_gguf(gguf: Path, cache: Path | None = None) -> Path:
         with atomic_dir(out) as tmp:
             _dequantise(gguf, tmp)
             files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+            if "model.safetensors" not in files:
+                raise RuntimeError(f"converting {gguf} wrote no model.safetensors (files: {sorted(files)})")
             manifest = {"source": gguf.name, "source_sha256": digest, "conversion_version": CONVERSION_VERSION,
                         "files": files}
             (tmp / BASE_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
@@ -124,6 +126,9 @@ def _dequantise(gguf: Path, out: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     # The weights are dequantised to float32 on load; only transformers' GGUF marker stops it from saving them.
     model.hf_quantizer = None
+    # transformers writes weights only on rank 0 of an initialised torch.distributed group; the converting
+    # process may be any SFT worker of its node, and the cache is the node's, not the job's
+    model.should_save_on_this_rank = lambda is_main_process: is_main_process
     model.is_quantized = False
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config

@@ -7,13 +7,14 @@ name never points at a short or empty file (ext4/xfs may otherwise persist the r
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -58,6 +59,29 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def locked_build(path: str | os.PathLike, is_current: Callable[[Path], bool], build: Callable[[Path], None],
+                 lock: str = "build") -> Path:
+    """`path`, built by `build(tmp)` unless `is_current(path)` holds: once per node however many processes ask.
+
+    The build runs under an exclusive lock beside `path` (`.<name>.<lock>.lock`) and re-checks once it holds it,
+    so a process that waited finds the work done; a second build's swap would pull the directory from under a
+    process already reading it. `build` fills a temp directory that replaces `path` only when `build` returns."""
+    path = Path(path)
+    if path.exists() and is_current(path):
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path.parent / f".{path.name}.{lock}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if path.exists() and is_current(path):
+            return path
+        with atomic_dir(path) as tmp:
+            build(tmp)
+        return path
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def fsync_file(path: str | os.PathLike) -> None:

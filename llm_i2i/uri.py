@@ -9,7 +9,6 @@ so concurrent workers on one node share one copy and a killed download leaves no
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import stat
@@ -19,7 +18,7 @@ from typing import Callable
 
 import pyarrow.fs as pafs
 
-from llm_i2i.io import atomic_dir
+from llm_i2i.io import locked_build
 from llm_i2i.progress import log
 
 
@@ -57,25 +56,16 @@ def upload_dir(local: Path, fs: pafs.FileSystem, dest: str, last: str | None = N
 def fetch_dir(fs: pafs.FileSystem, src: str, local: Path, is_current: Callable[[Path], bool]) -> Path:
     """This node's copy of the remote directory `src` at `local`, downloaded unless `is_current(local)` holds.
 
-    The download runs under an exclusive lock next to `local` (one download per node however many workers ask)
-    into a temp directory that replaces `local` only when complete, and must pass `is_current` afterwards (the
-    remote changed under us otherwise)."""
-    if local.exists() and is_current(local):
-        return local
-    local.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(local.parent / f".{local.name}.fetch.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        if local.exists() and is_current(local):
-            return local
+    One download per node however many workers ask (`locked_build`), into a temp directory that replaces `local`
+    only when complete, and must pass `is_current` afterwards (the remote changed under us otherwise)."""
+
+    def download(tmp: Path) -> None:
         log.info(f"fetching {src} into {local}")
-        with atomic_dir(local) as tmp:
-            pafs.copy_files(src, str(tmp), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
-            if not is_current(tmp):
-                raise ValueError(f"{src} changed while it was being copied to {local} (another run writing it?)")
-        return local
-    finally:
-        os.close(fd)  # releases the lock
+        pafs.copy_files(src, str(tmp), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+        if not is_current(tmp):
+            raise ValueError(f"{src} changed while it was being copied to {local} (another run writing it?)")
+
+    return locked_build(local, is_current, download, lock="fetch")
 
 
 def cache_root() -> Path:

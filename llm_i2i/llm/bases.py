@@ -14,18 +14,18 @@ converted again instead of being trained on. Nothing here downloads: bases are l
 
 from __future__ import annotations
 
-import fcntl
 import importlib.util
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from llm_i2i.io import atomic_dir, sha256_file
+from llm_i2i.io import locked_build, sha256_file
 from llm_i2i.uri import cache_root  # converted bases are large and shared across runs
 
 BASE_MANIFEST = "llm_i2i_base.json"
 CONVERSION_VERSION = 1  # bump when the conversion itself changes, so old caches are rebuilt
+_DIGESTS: dict[tuple, str] = {}  # this process's sha256 of files it has read, by identity and change times
 
 
 @dataclass(frozen=True)
@@ -78,30 +78,21 @@ def resolve_base_model(base_model: str | os.PathLike | None, cache: Path | None 
 
 def convert_gguf(gguf: Path, cache: Path | None = None) -> Path:
     """The cached safetensors checkpoint of `gguf`, converted now if no verified conversion exists."""
-    digest = sha256_file(gguf)
+    digest = _sha256(gguf)
     root = cache or cache_root()
     out = root / "bases" / f"{gguf.stem}-{digest[:16]}"
-    if _verified(out, digest):
-        return out
-    # one conversion per cache however many processes ask (the SFT workers of a node share its cache): a second
-    # conversion's swap would pull the directory from under a worker already reading it
-    root.mkdir(parents=True, exist_ok=True)
-    fd = os.open(root / f".{out.name}.convert.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        if _verified(out, digest):
-            return out
-        with atomic_dir(out) as tmp:
-            _dequantise(gguf, tmp)
-            files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
-            if "model.safetensors" not in files:
-                raise RuntimeError(f"converting {gguf} wrote no model.safetensors (files: {sorted(files)})")
-            manifest = {"source": gguf.name, "source_sha256": digest, "conversion_version": CONVERSION_VERSION,
-                        "files": files}
-            (tmp / BASE_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        return out
-    finally:
-        os.close(fd)  # releases the lock
+
+    def convert(tmp: Path) -> None:
+        _dequantise(gguf, tmp)
+        files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        if "model.safetensors" not in files:
+            raise RuntimeError(f"converting {gguf} wrote no model.safetensors (files: {sorted(files)})")
+        manifest = {"source": gguf.name, "source_sha256": digest, "conversion_version": CONVERSION_VERSION,
+                    "files": files}
+        (tmp / BASE_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+
+    # one conversion per cache however many processes ask (the SFT workers of a node share its cache)
+    return locked_build(out, lambda d: _verified(d, digest), convert, lock="convert")
 
 
 def _verified(out: Path, digest: str) -> bool:
@@ -115,7 +106,18 @@ def _verified(out: Path, digest: str) -> bool:
     if not isinstance(files, dict) or "model.safetensors" not in files:
         return False
     on_disk = {p.name for p in out.iterdir() if p.is_file() and p.name != BASE_MANIFEST}
-    return on_disk == set(files) and all(sha256_file(out / n) == h for n, h in files.items())
+    return on_disk == set(files) and all(_sha256(out / n) == h for n, h in files.items())
+
+
+def _sha256(path: Path) -> str:
+    """`sha256_file`, read once per process while the file keeps its inode, size and modification/change times
+    (an edit within the same file-system clock tick, a few ms, would go unseen until the next process): every model
+    build of a worker resolves its base, and re-hashing the GGUF and the 540 MB conversion cost ~0.45 s per build."""
+    st = os.stat(path)
+    key = (str(Path(path).resolve()), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = sha256_file(path)
+    return _DIGESTS[key]
 
 
 def _dequantise(gguf: Path, out: Path) -> None:

@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import os
 
 import pyarrow as pa
 import pytest
@@ -59,6 +60,24 @@ def test_gguf_is_converted_once_and_reused_only_while_verified(tmp_path, fake_de
     assert convert_gguf(gguf, cache) != out and len(fake_dequantise) == 3
 
 
+def test_a_verified_conversion_is_not_hashed_again_by_the_same_process(tmp_path, fake_dequantise, monkeypatch):
+    """Every model build resolves its base: an unchanged GGUF and conversion are read once per process, and a
+    same-size edit still forces a new conversion."""
+    hashed = []
+    real = bases.sha256_file
+    monkeypatch.setattr(bases, "sha256_file", lambda p: hashed.append(p) or real(p))
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"weights-v1")
+    out = convert_gguf(gguf, tmp_path / "cache")
+    convert_gguf(gguf, tmp_path / "cache")  # the first reuse hashes the files of the conversion it finds
+    before = len(hashed)
+    assert convert_gguf(gguf, tmp_path / "cache") == out and len(hashed) == before
+    edited = out / "model.safetensors"
+    edited.write_bytes(b"1v-sthgieX")  # same size, new content, a second later (file times tick in milliseconds)
+    os.utime(edited, ns=(edited.stat().st_atime_ns, edited.stat().st_mtime_ns + 10**9))
+    assert convert_gguf(gguf, tmp_path / "cache") == out and len(fake_dequantise) == 2
+
+
 def test_workers_asking_at_once_share_one_conversion(tmp_path, fake_dequantise, monkeypatch):
     """The SFT workers of one node share its cache: while one converts, the others wait and then reuse its result
     (a second conversion's swap would pull the directory from under a worker already reading it)."""
@@ -94,7 +113,7 @@ def test_a_failed_conversion_leaves_nothing_behind(tmp_path, monkeypatch):
     gguf.write_bytes(b"w")
     with pytest.raises(RuntimeError):
         convert_gguf(gguf, tmp_path / "cache")
-    assert not any((tmp_path / "cache" / "bases").iterdir())
+    assert [p.name for p in (tmp_path / "cache" / "bases").iterdir()] == [f".m-{bases._sha256(gguf)[:16]}.convert.lock"]
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ from llm_i2i.config import config_hash, to_dict
 from llm_i2i.llm.modeling import ModelConfig
 
 # where discriminator negatives come from (sft_data.discriminator_pairs); `negatives` joins one or more with "+"
-NEGATIVE_SOURCES = ("random", "hard", "generator")
+NEGATIVE_SOURCES = ("random", "popular", "hard", "generator")
 
 
 def negative_sources(negatives: str) -> list[str]:
@@ -54,7 +54,7 @@ class SFTConfig:
     long_tail_fraction: float = 0.2
     neg_ratio: int = 1  # discriminator negatives per positive
     positions_per_user: int = 3  # discriminator positives per user: the last train transition and earlier random ones
-    negatives: str = "random"  # discriminator negatives: random (paper) | hard (Swing) | generator, or several: random+hard
+    negatives: str = "random"  # discriminator negatives: random (paper) | popular | hard (Swing) | generator, or several: random+hard
     titles: bool = False  # put item titles in the prompts
     num_workers: int = 1
     use_ray: bool = False

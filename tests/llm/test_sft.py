@@ -85,11 +85,30 @@ def test_discriminator_negatives_come_from_their_pool(split):
     _, cand, label, _ = discriminator_pairs(train, 2, 4, np.random.default_rng(0), "random+hard", hard_neighbors=Pool())
     from_pool = (cand[label == 0] >= train.n_items - 5).mean()
     assert 0.3 < from_pool < 0.7
-    for bad in ("popular", "random+random", ""):
+    for bad in ("swing", "random+random", ""):
         with pytest.raises(ValueError, match="negatives"):
             discriminator_pairs(train, 2, 1, np.random.default_rng(0), bad)
     with pytest.raises(ValueError, match="generator_top"):
         discriminator_pairs(train, 2, 1, np.random.default_rng(0), "generator")
+
+
+def test_popular_negatives_take_popularity_away_as_a_cue(split):
+    """Positives are drawn as interactions are, so they lean popular: uniform negatives let a model tell them apart by
+    popularity alone, negatives drawn as often as items occur in train do not (and the user never touched them)."""
+    train = split.train
+    counts = train.item_counts()
+    auc = {}
+    for source in ("random", "popular"):
+        hist, cand, label, fell_back = discriminator_pairs(train, 3, 2, np.random.default_rng(0), source)
+        auc[source] = roc_auc(label, counts[cand] + np.random.default_rng(1).random(len(cand)))
+        assert fell_back == 0
+        owner_items = {}
+        for u in range(train.n_users):
+            for t in range(1, len(train.user(u))):
+                owner_items.setdefault(tuple(train.user(u)[:t].tolist()), []).append(set(train.user(u).tolist()))
+        assert all(any(c not in seen for seen in owner_items[tuple(h.tolist())])
+                   for h, c, y in zip(hist, cand, label) if y == 0)
+    assert auc["random"] > 0.6 and abs(auc["popular"] - 0.5) < 0.05, auc
 
 
 @pytest.mark.parametrize("world", [1, 2, 3])

@@ -78,6 +78,10 @@ def render(record: dict[str, Any]) -> str:
     out.append("| discriminator ROC-AUC, random negatives | " + " | ".join(
         f"{runs[lb]['discriminator_auc']:.4f}" if runs[lb]["discriminator_auc"] is not None else "–" for lb in labels)
         + " |")
+    for key, what in (("hard", "Swing-hard negatives"), ("candidates_test", "the generator's candidates (test)")):
+        out.append(f"| discriminator ROC-AUC, {what} | " + " | ".join(
+            f"{runs[lb]['discriminator'][key]:.4f}" if (runs[lb].get("discriminator") or {}).get(key) is not None
+            else "–" for lb in labels) + " |")
     out.append("| discriminator's share: Swing R@10, full / w/o discriminator | " + " | ".join(
         f"{runs[lb]['discriminator_share']:+.1%}" if runs[lb].get("discriminator_share") is not None else "–"
         for lb in labels) + " |")

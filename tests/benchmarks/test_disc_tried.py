@@ -64,6 +64,7 @@ def test_pipeline_stages_reads_the_generators_epochs_and_its_recall_alone(tmp_pa
     run = tmp_path / "run"
     report = _report(0.12, 0.10)
     report["ablations"]["wo_i2i"] = {"recall@10": 0.09, "long_tail": {"recall@10": 0.04}}
+    report["discriminator"] = {"auc": {"random": 0.7, "hard": 0.45, "candidates_test": 0.64}}
     (run / "sft_generator" / "model").mkdir(parents=True)
     (run / "report.json").write_text(json.dumps(report))
     history = [{"epoch": e} for e in range(1, 19)]
@@ -78,3 +79,6 @@ def test_pipeline_stages_reads_the_generators_epochs_and_its_recall_alone(tmp_pa
     assert "| generator: best epoch / epochs run / lr schedule (epochs) | 15 / 18 / 20 | – (reused) |" in page
     assert "| generator alone: R@10 / long-tail R@10 | 0.0900 / 0.0400 | – |" in page
     assert "| swing R@10 | 0.1000 -> 0.1200 (+20.0%) | 0.1000 -> 0.1000 (+0.0%) |" in page
+    # the AUCs beyond random negatives: Swing-hard negatives and the pairs the discriminator actually filters
+    assert "| discriminator ROC-AUC, Swing-hard negatives | 0.4500 | – |" in page
+    assert "| discriminator ROC-AUC, the generator's candidates (test) | 0.6400 | – |" in page

@@ -50,10 +50,15 @@ def render(all_results: dict) -> str:
            "gives them.", ""]
     for name, res in all_results.items():
         r, paper = res["report"], PAPER.get(name, {})
+        given = (" with both LLMs given as checkpoints (their SFT is not in it; the α=1 generator's is)"
+                 if res.get("llm_checkpoints_given") else " (from scratch)")
+        cut = r["synthetic_pairs"].get("cut") or {}
+        how = f", the cut chosen on {cut['selected_on']} {cut['objective']}" if cut.get("mode") == "auto" else ""
         out += [f"## {name}", "", provenance(res), "", f"Run finished {res['finished_utc']}; pipeline stage time "
-                f"{r['pipeline_seconds']:.0f}s (from scratch), this invocation {res['wall_seconds']:.0f}s.", "",
+                f"{r['pipeline_seconds']:.0f}s{given}, this invocation {res['wall_seconds']:.0f}s.", "",
                 f"Synthetic pairs: {r['synthetic_pairs']['generated']} generated, {r['synthetic_pairs']['kept']} kept "
-                f"(P(Yes) >= {r['synthetic_pairs']['threshold']}); discriminator AUC {f4(r['discriminator_auc'])}.", "",
+                f"(P(Yes) >= {r['synthetic_pairs']['threshold']:.4g}{how}); discriminator AUC "
+                f"{f4(r['discriminator_auc'])}.", "",
                 "### Table 2: backbones, no augmentation vs LLM-I2I", "",
                 "| backbone | data | R@5 | R@10 | N@5 | N@10 | lift R@10 | lift N@10 |", "|---|---|---|---|---|---|---|---|"]
         for b, row in r["backbones"].items():
@@ -136,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     json_path = RESULTS / "paper_tables.json"
     merged = json.loads(json_path.read_text()) if json_path.exists() else {"datasets": {}}
     merged["datasets"][name] = {**record, "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                                "wall_seconds": wall, "paper": PAPER.get(name), "plots": plots, "report": report}
+                                "wall_seconds": wall, "paper": PAPER.get(name), "plots": plots, "report": report,
+                                "llm_checkpoints_given": bool(cfg.generator_checkpoint and cfg.discriminator_checkpoint)}
     write_result("paper_tables", merged, render(merged["datasets"]))
     print(f"wrote {json_path} and {RESULTS / 'paper_tables.md'}")
     return 0

@@ -7,7 +7,9 @@ what was tried rather than one number. This page collects it from recorded resul
   Swing-hard negatives, SFT seconds, trained tokens);
 - `--pipelines`: `benchmarks.pipeline_stages` records (whole runs: test ROC-AUC, the discriminator's share, the
   discriminator SFT stage's seconds);
-- `--slice`: `benchmarks.disc_pretrained_slice` records (scratch vs pretrained base on the same slice of users).
+- `--slice`: `benchmarks.disc_pretrained_slice` records (scratch vs pretrained base on the same slice of users);
+- `--ceiling`: a `benchmarks.disc_content_features --runs` record: per dataset, the test ROC-AUC of every signal at
+  hand combined (the MLP fit on validation), drawn as that dataset's ceiling.
 
     python -m benchmarks.disc_tried --quality benchmarks/results/llm_quality_amazon.json ... \\
         --pipelines benchmarks/results/beauty_noconfig.json --slice benchmarks/results/disc_pretrained_slice.json
@@ -23,6 +25,13 @@ from typing import Any, Sequence
 from benchmarks._common import RESULTS, provenance, run_record, write_result
 
 AUC_TARGET, SHARE_TARGET = 0.85, 0.05
+CEILING_COMBINATION = "every signal, the discriminator too"
+
+
+def ceilings(record: dict[str, Any]) -> dict[str, float]:
+    """Dataset -> test ROC-AUC of the MLP over every signal of that dataset's run (datasets without a run skipped)."""
+    return {name: r["run"]["combined"][CEILING_COMBINATION]["mlp_test_auc"]
+            for name, r in record["results"].items() if "run" in r}
 
 
 def quality_points(record: dict[str, Any], source: str) -> list[dict[str, Any]]:
@@ -95,6 +104,10 @@ def render(record: dict[str, Any], plot: str | None) -> str:
     best = max(pts, key=lambda p: p["auc_random"])
     out += ["", f"Best ROC-AUC against random negatives: **{best['auc_random']:.3f}** ({best['dataset']}, "
             f"{best['label']}), {AUC_TARGET - best['auc_random']:.3f} short of the target."]
+    if record.get("ceilings"):
+        out.append("Ceiling of every signal at hand combined (generator, discriminator, popularity, Swing, text, "
+                   "content; an MLP fit on validation, test ROC-AUC): "
+                   + ", ".join(f"{d} {v:.3f}" for d, v in record["ceilings"].items()) + ".")
     shares = [p for p in pts if p.get("share") is not None]
     if shares:
         top = max(shares, key=lambda p: p["share"])
@@ -103,7 +116,9 @@ def render(record: dict[str, Any], plot: str | None) -> str:
     return "\n".join(out)
 
 
-def draw(points: list[dict[str, Any]], path: Path) -> None:
+def draw(points: list[dict[str, Any]], path: Path, ceiling: dict[str, float] | None = None) -> None:
+    """AUC and share against SFT seconds, one colour per dataset; only each dataset's best point is named (the
+    table names them all), and a dataset's signal ceiling is a dotted line in its colour."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -111,13 +126,19 @@ def draw(points: list[dict[str, Any]], path: Path) -> None:
     fig, (ax_auc, ax_share) = plt.subplots(1, 2, figsize=(11, 4.2))
     for dataset in sorted({p["dataset"] for p in points}):
         mine = [p for p in points if p["dataset"] == dataset]
-        ax_auc.scatter([p["seconds"] for p in mine], [p["auc_random"] for p in mine], label=dataset)
-        for p in mine:
-            ax_auc.annotate(p["label"], (p["seconds"], p["auc_random"]), fontsize=6, xytext=(3, 2),
-                            textcoords="offset points")
+        dots = ax_auc.scatter([p["seconds"] for p in mine], [p["auc_random"] for p in mine], label=dataset)
+        top = max(mine, key=lambda p: p["auc_random"])
+        ax_auc.annotate(top["label"], (top["seconds"], top["auc_random"]), fontsize=6, xytext=(3, 2),
+                        textcoords="offset points")
+        if (ceiling or {}).get(dataset) is not None:
+            ax_auc.axhline(ceiling[dataset], ls=":", lw=1, c=dots.get_facecolor()[0],
+                           label=f"{dataset}: every signal combined")
         shared = [p for p in mine if p.get("share") is not None]
         if shared:
             ax_share.scatter([p["seconds"] for p in shared], [100 * p["share"] for p in shared], label=dataset)
+            top = max(shared, key=lambda p: p["share"])
+            ax_share.annotate(top["label"], (top["seconds"], 100 * top["share"]), fontsize=6, xytext=(3, -8),
+                              textcoords="offset points")
     ax_auc.axhline(AUC_TARGET, ls="--", c="grey", lw=1)
     ax_auc.set(xscale="log", xlabel="discriminator SFT seconds (2 CPU cores)", ylabel="ROC-AUC, random negatives",
                title="discriminator quality against cost")
@@ -139,6 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--quality", nargs="*", default=[], help="benchmarks.llm_quality JSON records")
     ap.add_argument("--pipelines", nargs="*", default=[], help="benchmarks.pipeline_stages JSON records")
     ap.add_argument("--slice", nargs="*", default=[], help="benchmarks.disc_pretrained_slice JSON records")
+    ap.add_argument("--ceiling", help="a benchmarks.disc_content_features --runs JSON record")
     ap.add_argument("--out", default="disc_tried")
     args = ap.parse_args(argv)
     record = run_record("disc_tried", argv)
@@ -149,8 +171,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not points:
         ap.error("no discriminator runs in the given records")
     record["points"] = points
+    record["ceilings"] = ceilings(json.loads(Path(args.ceiling).read_text())) if args.ceiling else {}
     stem = Path(args.out) if Path(args.out).parent != Path(".") else RESULTS / args.out  # as write_result places it
-    draw(points, stem.with_name(stem.name + ".png"))
+    draw(points, stem.with_name(stem.name + ".png"), record["ceilings"])
     write_result(stem, record, render(record, stem.name + ".png"))
     return 0
 

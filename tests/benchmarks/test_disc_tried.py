@@ -31,8 +31,12 @@ def test_every_discriminator_run_becomes_one_point_and_the_page_names_the_best(t
     for name, rec in (("q.json", quality), ("p.json", pipelines)):
         (tmp_path / name).write_text(json.dumps(rec))
         paths.append(str(tmp_path / name))
+    features = {"results": {"Toys": {"run": {"combined": {disc_tried.CEILING_COMBINATION: {"mlp_test_auc": 0.84}}}},
+                            "Beauty": {"random": {}}}}  # no run for Beauty: no ceiling
+    (tmp_path / "f.json").write_text(json.dumps(features))
     out = tmp_path / "page" / "tried"
-    assert disc_tried.main(["--quality", paths[0], "--pipelines", paths[1], "--out", str(out)]) == 0
+    assert disc_tried.main(["--quality", paths[0], "--pipelines", paths[1], "--ceiling", str(tmp_path / "f.json"),
+                            "--out", str(out)]) == 0
     points = json.loads(out.with_suffix(".json").read_text())["points"]
     # the generator run and the reused stage are not discriminator trainings of their own
     assert sorted(p["label"] for p in points) == ["d1", "d2", "run"]
@@ -42,6 +46,7 @@ def test_every_discriminator_run_becomes_one_point_and_the_page_names_the_best(t
     page = out.with_suffix(".md").read_text()
     assert "**0.800** (Beauty, d2)" in page
     assert "**+20.0%** (Toys, run; the Swing R@10 lift of that run: +20.0%)" in page
+    assert "an MLP fit on validation, test ROC-AUC): Toys 0.840." in page
     assert out.with_name("tried.png").stat().st_size > 0
 
 

@@ -124,18 +124,19 @@ def draw(points: list[dict[str, Any]], path: Path, ceiling: dict[str, float] | N
     import matplotlib.pyplot as plt
 
     fig, (ax_auc, ax_share) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for dataset in sorted({p["dataset"] for p in points}):
-        mine = [p for p in points if p["dataset"] == dataset]
-        dots = ax_auc.scatter([p["seconds"] for p in mine], [p["auc_random"] for p in mine], label=dataset)
+    for n, dataset in enumerate(sorted({p["dataset"] for p in points})):
+        mine, colour = [p for p in points if p["dataset"] == dataset], f"C{n}"  # one colour per dataset on both
+        ax_auc.scatter([p["seconds"] for p in mine], [p["auc_random"] for p in mine], label=dataset, c=colour)
         top = max(mine, key=lambda p: p["auc_random"])
         ax_auc.annotate(top["label"], (top["seconds"], top["auc_random"]), fontsize=6, xytext=(3, 2),
                         textcoords="offset points")
         if (ceiling or {}).get(dataset) is not None:
-            ax_auc.axhline(ceiling[dataset], ls=":", lw=1, c=dots.get_facecolor()[0],
+            ax_auc.axhline(ceiling[dataset], ls=":", lw=1, c=colour,
                            label=f"{dataset}: every signal combined")
         shared = [p for p in mine if p.get("share") is not None]
         if shared:
-            ax_share.scatter([p["seconds"] for p in shared], [100 * p["share"] for p in shared], label=dataset)
+            ax_share.scatter([p["seconds"] for p in shared], [100 * p["share"] for p in shared], label=dataset,
+                             c=colour)
             top = max(shared, key=lambda p: p["share"])
             ax_share.annotate(top["label"], (top["seconds"], 100 * top["share"]), fontsize=6, xytext=(3, -8),
                               textcoords="offset points")

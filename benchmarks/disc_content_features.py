@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         signals = (*FEATURES, *RUN_SIGNALS)
         lines += ["", "## Every signal and their best combination, against random negatives", "",
                   "Signals of the finished runs below; ROC-AUC on the validation pairs / on the test pairs. Each "
-                  "combination is a logistic regression fit on the validation pairs and scored on the test pairs.", "",
+                  "combination is fit on the validation pairs and scored on the test pairs.", "",
                   "| dataset | run | " + " | ".join(signals) + " |", "|---|---|" + "---|" * len(signals)]
         for name, x in ran.items():
             a = x["auc_random"]

@@ -50,8 +50,9 @@ def render(all_results: dict) -> str:
            "gives them.", ""]
     for name, res in all_results.items():
         r, paper = res["report"], PAPER.get(name, {})
-        given = (" with both LLMs given as checkpoints (their SFT is not in it; the α=1 generator's is)"
-                 if res.get("llm_checkpoints_given") else " (from scratch)")
+        given = res.get("llm_checkpoints_given") or []
+        given = (f" with the {' and '.join(given)} given as checkpoints (their SFT is not in it)" if given
+                 else " (from scratch)")
         cut = r["synthetic_pairs"].get("cut") or {}
         how = f", the cut chosen on {cut['selected_on']} {cut['objective']}" if cut.get("mode") == "auto" else ""
         out += [f"## {name}", "", provenance(res), "", f"Run finished {res['finished_utc']}; pipeline stage time "
@@ -142,7 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     merged = json.loads(json_path.read_text()) if json_path.exists() else {"datasets": {}}
     merged["datasets"][name] = {**record, "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                 "wall_seconds": wall, "paper": PAPER.get(name), "plots": plots, "report": report,
-                                "llm_checkpoints_given": bool(cfg.generator_checkpoint and cfg.discriminator_checkpoint)}
+                                "llm_checkpoints_given": [role for role, path in (
+                                    ("generator", cfg.generator_checkpoint),
+                                    ("discriminator", cfg.discriminator_checkpoint)) if path]}
     write_result("paper_tables", merged, render(merged["datasets"]))
     print(f"wrote {json_path} and {RESULTS / 'paper_tables.md'}")
     return 0

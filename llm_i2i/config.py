@@ -127,6 +127,16 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
 
 
+def result_config(cfg: Any) -> dict[str, Any]:
+    """`to_dict(cfg)` without the fields its class lists in `EXECUTION_ONLY`: those say how a stage runs (actors,
+    threads, batch size), not what it produces, so a stage keyed on the rest reuses its finished artifact when a run
+    scales out or in."""
+    d = to_dict(cfg)
+    for k in getattr(type(cfg), "EXECUTION_ONLY", ()):
+        d.pop(k)
+    return d
+
+
 def config_hash(cfg: Any) -> str:
     payload = json.dumps(to_dict(cfg) if dataclasses.is_dataclass(cfg) else cfg, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]

@@ -18,8 +18,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from llm_i2i.llm.generate import (DEFAULT_MAX_ERROR_FRACTION, HISTORY, SPLITS, call_per_row_on_failure,
-                                  check_error_fraction, check_history, engine_spec, split_sequences)
+from llm_i2i.llm.generate import (DEFAULT_MAX_ERROR_FRACTION, HISTORY, SPLITS, GenerateConfig,
+                                  call_per_row_on_failure, check_error_fraction, check_history, engine_spec,
+                                  split_sequences)
 from llm_i2i.llm.engine import ENGINES, InferenceEngine
 from llm_i2i.llm.runners import BatchRunner
 
@@ -40,6 +41,7 @@ class DiscriminateConfig:
     history_len: int = 10  # most recent items shown in the prompt
     split: str = "train"  # history for pairs without a position: 'train' | 'train_valid' | 'full'
     max_error_fraction: float = DEFAULT_MAX_ERROR_FRACTION  # pairs that could not be scored, at most
+    EXECUTION_ONLY = GenerateConfig.EXECUTION_ONLY  # not part of the stage's cache key (`config.result_config`)
 
     def validate(self) -> None:
         check_error_fraction(self.max_error_fraction)

@@ -54,6 +54,8 @@ class GenerateConfig:
     split: str = "train"  # which history to condition on: 'train' (items[:-2]), 'train_valid', 'full'
     max_users: int | None = None  # first N users only (smoke runs)
     max_error_fraction: float = DEFAULT_MAX_ERROR_FRACTION  # users whose request errored, at most
+    # not part of the stage's cache key (`config.result_config`); num_gpus is, as it picks the device and so the numerics
+    EXECUTION_ONLY = ("batch_size", "num_actors", "actor_num_cpus", "actor_start_timeout_s", "torch_threads")
 
     def validate(self) -> None:
         check_error_fraction(self.max_error_fraction)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from llm_i2i.config import config_hash, to_dict
+from llm_i2i.config import config_hash, result_config
 from llm_i2i.llm.modeling import ModelConfig
 
 # where discriminator negatives come from (sft_data.discriminator_pairs); `negatives` joins one or more with "+"
@@ -70,6 +70,9 @@ class SFTConfig:
     eval_batch_size: int = 512
     stop_after_steps: int | None = None  # stop this invocation after N steps, leaving the resume state
     threads: int | None = None  # torch intra-op threads (None: every core when idle, fewer under load)
+    # how a run goes, not which weights come out: left out of the SFT stage's cache key (`config.result_config`)
+    # and of `run_hash`; stop_after_steps is in the stage key, since a stopped run's weights are not a finished model
+    EXECUTION_ONLY = ("threads", "checkpoint_every", "eval_batch_size", "cpus_per_worker")
 
     def validate(self) -> None:
         if self.role not in ("generator", "discriminator"):
@@ -128,7 +131,7 @@ class SFTConfig:
 
     def run_hash(self) -> str:
         """Hash of what determines the trained weights (not how often we checkpoint, when we stop, or where)."""
-        d = to_dict(self.resolved())
-        for k in ("stop_after_steps", "threads", "checkpoint_every", "eval_batch_size", "use_gpu", "cpus_per_worker"):
+        d = result_config(self.resolved())
+        for k in ("stop_after_steps", "use_gpu"):
             d.pop(k)
         return config_hash(d)

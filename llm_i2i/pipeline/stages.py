@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from llm_i2i.config import to_dict
+from llm_i2i.config import result_config, to_dict
 from llm_i2i.data import leave_one_out, load_dataset, read_canonical, save_dataset
 from llm_i2i.data.sequences import Sequences
 from llm_i2i.eval.discriminator import CALIBRATION_BINS, candidate_quality, roc_auc, scored_pairs_quality
@@ -162,15 +162,15 @@ def sft(store: ArtifactStore, cfg: PipelineConfig, role: str, data: Artifact, op
 
         return store.run_stage(name, {"reuse": str(ckpt)}, {}, register, {"checkpoint": content})
 
-    sft_cfg = to_dict((cfg.sft_generator if role == "generator" else cfg.sft_discriminator).resolved())
+    resolved = (cfg.sft_generator if role == "generator" else cfg.sft_discriminator).resolved()
+    run_cfg, sft_cfg = to_dict(resolved), result_config(resolved)  # what the run gets; what keys the stage
     inputs = {"prepare": data}
     external: dict[str, str] = {}
-    run_cfg = sft_cfg
     if init_from is not None:
         # the stage hash sees the base checkpoint through its content hash (an input), not its path, so a moved
         # output dir is still recognised as finished
         sft_cfg["model"] = {**sft_cfg.get("model", {}), "base_model": "<init_from>"}
-        run_cfg = {**sft_cfg, "model": {**sft_cfg["model"], "base_model": str(checkpoint_of(init_from))}}
+        run_cfg["model"] = {**run_cfg["model"], "base_model": str(checkpoint_of(init_from))}
         inputs["init_from"] = init_from
     elif sft_cfg.get("model", {}).get("base_model"):  # a pretrained checkpoint on disk: keyed by its content
         external["base_model"] = fingerprint_path(sft_cfg["model"]["base_model"])
@@ -203,7 +203,7 @@ def generate(store: ArtifactStore, cfg: PipelineConfig, data: Artifact, gen: Art
         stats = ops.generate(to_dict(cfg.generate), checkpoint_of(gen), dataset_dir(data), out / "candidates.parquet")
         return {**(stats or {}), "rows": _count_rows(out / "candidates.parquet")}
 
-    return store.run_stage(name, to_dict(cfg.generate), {"prepare": data, "sft_generator": gen}, run)
+    return store.run_stage(name, result_config(cfg.generate), {"prepare": data, "sft_generator": gen}, run)
 
 
 def real_train_pairs(ds_dir: Path) -> pa.Table:
@@ -223,7 +223,7 @@ def discriminate(store: ArtifactStore, cfg: PipelineConfig, data: Artifact, disc
                  ops: LLMOps, name: str = "discriminate", score_real: bool | None = None) -> StageResult:
     """P(Yes) for every synthetic candidate (and, for the "w/o generator" ablation, every real training pair)."""
     score_real = cfg.score_real if score_real is None else score_real
-    config = {**to_dict(cfg.discriminate), "score_real": score_real}
+    config = {**result_config(cfg.discriminate), "score_real": score_real}
 
     def run(out: Path) -> dict[str, Any]:
         ckpt = checkpoint_of(disc)
@@ -429,7 +429,7 @@ def evaluate(store: ArtifactStore, cfg: PipelineConfig, data: Artifact, fits: Ar
     eval_cfg = cfg.eval_config()
     config = {"eval": to_dict(eval_cfg), "plan": fit_plan(cfg), "generator_alone": cfg.generator_alone,
               "llm_eval_max_users": cfg.llm_eval_max_users, "discriminator_auc": cfg.discriminator_auc,
-              "generate": to_dict(cfg.generate), "calibration_bins": CALIBRATION_BINS}
+              "generate": result_config(cfg.generate), "calibration_bins": CALIBRATION_BINS}
     inputs = {"prepare": data, "train_i2i": fits, "fuse": fused, "discriminate": scored}
     if gen is not None:
         inputs["sft_generator"] = gen

@@ -97,6 +97,25 @@ def test_changed_fuse_config_redoes_only_downstream(finished, tmp_path):
     assert sum(fake.calls.values()) == 2  # evaluate re-ran: generator-alone eval + AUC, nothing else
 
 
+def test_execution_knobs_reuse_every_stage_and_a_result_knob_does_not(finished, tmp_path):
+    """More actors, threads or a larger batch say how a stage runs, not what it produces: a cluster run that
+    scales out reuses every finished artifact. A knob that changes the output (recall_number) still redoes it."""
+    import shutil
+
+    out, _, _ = finished
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    execution = {"batch_size": 3, "num_actors": 2, "actor_num_cpus": 0.25, "actor_start_timeout_s": 5,
+                 "torch_threads": 1}
+    sft = {"threads": 1, "checkpoint_every": 7, "eval_batch_size": 5, "cpus_per_worker": 0.25}
+    fake = FakeLLM()
+    run_pipeline(tiny_config(wo_longtail_loss=True, generate={"recall_number": 4, **execution},
+                             discriminate=execution, sft_generator=sft, sft_discriminator=sft), str(copy), fake.ops())
+    assert sum(fake.calls.values()) == 0
+    run_pipeline(tiny_config(wo_longtail_loss=True, generate={"recall_number": 5}), str(copy), fake.ops())
+    assert fake.calls["generate"] >= 1 and fake.calls["sft_generator"] == 0
+
+
 TIMED_FILES = {"fits.json", "index/manifest.json", "metrics.json"}  # hold fit/build/eval seconds or a build time
 
 

@@ -78,7 +78,7 @@ def resolve_base_model(base_model: str | os.PathLike | None, cache: Path | None 
 
 def convert_gguf(gguf: Path, cache: Path | None = None) -> Path:
     """The cached safetensors checkpoint of `gguf`, converted now if no verified conversion exists."""
-    digest = _sha256(gguf)
+    digest = file_sha256(gguf)
     root = cache or cache_root()
     out = root / "bases" / f"{gguf.stem}-{digest[:16]}"
 
@@ -106,10 +106,10 @@ def _verified(out: Path, digest: str) -> bool:
     if not isinstance(files, dict) or "model.safetensors" not in files:
         return False
     on_disk = {p.name for p in out.iterdir() if p.is_file() and p.name != BASE_MANIFEST}
-    return on_disk == set(files) and all(_sha256(out / n) == h for n, h in files.items())
+    return on_disk == set(files) and all(file_sha256(out / n) == h for n, h in files.items())
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     """`sha256_file`, read once per process while the file keeps its inode, size and modification/change times
     (an edit within the same file-system clock tick, a few ms, would go unseen until the next process): every model
     build of a worker resolves its base, which re-read the 98 MB GGUF and the 540 MB conversion each time."""

@@ -4,12 +4,14 @@
 measurement, see benchmarks/results/llm_sft.md); a local path loads a pretrained checkpoint (e.g. Llama-2-7B),
 never remote code. New item tokens start near their text: on a pretrained base as the mean of the embeddings of
 their title's tokens ("title_mean"); on a scratch model, whose own text embeddings are random, from a pretrained
-base's token embeddings of the item's text projected to the model's width ("text_pca").
+base's token embeddings of the item's text projected to the model's width ("text_pca"), or from that base's
+final hidden states over the text ("text_encoder_pca").
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -23,6 +25,8 @@ from llm_i2i.io import atomic_dir
 from llm_i2i.llm.bases import resolve_base_model
 
 MANIFEST = "llm_i2i_manifest.json"
+# item_init values that place new item tokens by their text, and the text vector each reads (text_embeddings)
+TEXT_INITS = {"text_pca": "token_mean", "text_encoder_pca": "final_mean"}
 log = logging.getLogger(__name__)
 
 
@@ -40,7 +44,10 @@ class ModelConfig:
     attn_implementation: str = "auto"  # auto: flash_attention_2 on CUDA with fp16/bf16 if installed, else sdpa
     # how new item tokens start: auto (title_mean on a pretrained base, text_pca from scratch) | title_mean | random |
     # text_pca (the PCA of `item_text_base`'s mean token embedding of each item's text; on Toys
-    # with no config, Swing +34.8% against +20.4% from random rows, benchmarks/results/item_text_init.md)
+    # with no config, Swing +34.8% against +20.4% from random rows, benchmarks/results/item_text_init.md) |
+    # text_encoder_pca (the same PCA over the base's final hidden states, one forward pass per item text, cached
+    # per node: it separates co-interacted items better, benchmarks/results/item_text_encoders.md, at ~10 CPU
+    # minutes per 12k items)
     item_init: str = "auto"
     item_text_base: str = "smollm2-135m"  # the pretrained base (a base_model value) text_pca reads token embeddings from
     vocab_size: int = 4000  # sub-word vocabulary trained for a scratch model
@@ -54,8 +61,9 @@ class ModelConfig:
             raise ValueError(f"model.hidden_size {self.hidden_size} not divisible by num_heads {self.num_heads}")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ValueError(f"model.dtype must be auto|float32|bfloat16|float16, got {self.dtype!r}")
-        if self.item_init not in ("auto", "title_mean", "random", "text_pca"):
-            raise ValueError(f"model.item_init must be auto|title_mean|random|text_pca, got {self.item_init!r}")
+        if self.item_init not in ("auto", "title_mean", "random", *TEXT_INITS):
+            raise ValueError(f"model.item_init must be auto|title_mean|random|{'|'.join(TEXT_INITS)}, "
+                             f"got {self.item_init!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
         if self.attn_implementation not in ("auto", "sdpa", "eager", "flash_attention_2"):
@@ -127,8 +135,9 @@ def build_model(cfg: ModelConfig, tokenizer, items=None, device: torch.device | 
         model.config.pad_token_id = tokenizer.pad_token_id
     if items is not None and cfg.resolved_item_init == "title_mean":
         init_item_embeddings(model, tokenizer, items, first_new_token=n_old)
-    if items is not None and cfg.resolved_item_init == "text_pca":
-        placed, untexted = init_item_embeddings_from_text(model, tokenizer, items, cfg.item_text_base, n_old)
+    if items is not None and cfg.resolved_item_init in TEXT_INITS:
+        placed, untexted = init_item_embeddings_from_text(model, tokenizer, items, cfg.item_text_base, n_old,
+                                                          encoder=TEXT_INITS[cfg.resolved_item_init], device=device)
         if placed or untexted:
             log.info(f"new item tokens placed by their text ({cfg.item_text_base}): {placed}; "
                      f"without text, left random: {untexted}")
@@ -178,16 +187,91 @@ def init_item_embeddings(model, tokenizer, items, first_new_token: int = 0) -> i
     return done
 
 
-def text_embeddings(texts: list[str], text_base: str) -> np.ndarray:
-    """(len(texts), base hidden) mean input-token embedding of each text under a pretrained base; 0 for empty text.
+def text_embeddings(texts: list[str], text_base: str, encoder: str = "token_mean",
+                    device: torch.device | str = "cpu") -> np.ndarray:
+    """(len(texts), base hidden) vector of each text under a pretrained base; 0 for empty text.
 
-    Only the base's tokenizer and embedding matrix are read: no forward pass, so 12k item texts take seconds."""
+    `token_mean`: the mean of its input token embeddings; only the tokenizer and the embedding matrix are read, so
+    12k item texts take seconds. `final_mean`: the mean of the base's final hidden states over the text's tokens,
+    one forward pass per text (about ten minutes for 12k texts under SmolLM2-135M on 2 CPU cores), so it is kept
+    in this node's cache, keyed by the base's files and the texts."""
+    if encoder == "final_mean":
+        return encoded_texts(texts, text_base, device)
+    if encoder != "token_mean":
+        raise ValueError(f"text encoder must be token_mean|final_mean, got {encoder!r}")
     tok, weight = _token_embeddings(resolve_base_model(text_base))
     enc = tok(texts, add_special_tokens=False)["input_ids"]
     out = np.zeros((len(texts), weight.shape[1]), dtype=np.float32)
     for n, ids in enumerate(enc):
         if ids:
             out[n] = weight[ids].mean(0)
+    return out
+
+
+ENCODED_TEXTS_VERSION = 1  # bump when final_mean's pooling changes, so cached vectors are recomputed
+
+
+def encoded_texts(texts: list[str], text_base: str, device: torch.device | str = "cpu",
+                  batch_size: int = 64) -> np.ndarray:
+    """`final_mean` vectors of `texts`, from this node's cache or computed once (one process per node computes,
+    the others wait for it: every SFT worker builds the model). The key covers the base's weight files by
+    content, the texts and the pooling, so new text or another base never reads old vectors."""
+    from llm_i2i.io import locked_build
+    from llm_i2i.llm.bases import file_sha256
+    from llm_i2i.uri import cache_root
+
+    base = resolve_base_model(text_base)
+    key = {"version": ENCODED_TEXTS_VERSION, "pooling": "final_mean", "texts": texts,
+           "base": {p.name: file_sha256(p) for p in sorted(base.glob("*.safetensors"))}}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+    out = cache_root() / "text_vectors" / digest[:24]
+
+    def current(d: Path) -> bool:
+        try:
+            return np.load(d / "vectors.npy", allow_pickle=False).shape[0] == len(texts)
+        except (OSError, ValueError):
+            return False
+
+    def encode(tmp: Path) -> None:
+        vectors = forward_text_vectors(texts, base, device, batch_size)["final_mean"]
+        np.save(tmp / "vectors.npy", vectors, allow_pickle=False)
+        (tmp / "manifest.json").write_text(json.dumps({"base": str(base), "texts": len(texts),
+                                                       "pooling": "final_mean", "key": digest}) + "\n")
+
+    return np.load(locked_build(out, current, encode, lock="encode") / "vectors.npy", allow_pickle=False)
+
+
+@torch.no_grad()
+def forward_text_vectors(texts: list[str], base: Path, device: torch.device | str = "cpu",
+                         batch_size: int = 64) -> dict[str, np.ndarray]:
+    """{final_mean, final_last}: (len(texts), hidden) pooled final hidden states of one forward pass per text under
+    the local checkpoint `base` (its mean over the text's tokens, and its last token's); 0 for empty text."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llm_i2i.progress import Progress
+
+    tok = AutoTokenizer.from_pretrained(str(base), trust_remote_code=False, local_files_only=True)
+    body = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32, trust_remote_code=False,
+                                                local_files_only=True).eval().model.to(device)
+    enc = tok(texts, add_special_tokens=False)["input_ids"]
+    width = body.config.hidden_size
+    out = {k: np.zeros((len(texts), width), np.float32) for k in ("final_mean", "final_last")}
+    order = np.array([n for n in np.argsort([len(e) for e in enc]) if enc[n]], dtype=np.int64)  # little padding
+    progress = Progress(len(order), f"encode item texts ({base.name})", "texts")
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        longest = max(len(enc[r]) for r in rows)
+        ids = torch.full((len(rows), longest), tok.pad_token_id or 0)
+        mask = torch.zeros((len(rows), longest), dtype=torch.long)
+        for j, r in enumerate(rows):
+            ids[j, :len(enc[r])], mask[j, :len(enc[r])] = torch.tensor(enc[r]), 1
+        ids, mask = ids.to(device), mask.to(device)
+        h = body(input_ids=ids, attention_mask=mask).last_hidden_state.float()
+        lengths = mask.sum(1)
+        out["final_mean"][rows] = ((h * mask[..., None]).sum(1) / lengths[:, None]).cpu().numpy()
+        out["final_last"][rows] = h[torch.arange(len(rows), device=h.device), lengths - 1].cpu().numpy()
+        progress.update(len(rows))
+    progress.close()
     return out
 
 
@@ -207,9 +291,10 @@ def _token_embeddings(base: Path):
 
 
 @torch.no_grad()
-def init_item_embeddings_from_text(model, tokenizer, items, text_base: str, first_new_token: int = 0) -> tuple[int, int]:
+def init_item_embeddings_from_text(model, tokenizer, items, text_base: str, first_new_token: int = 0,
+                                   encoder: str = "token_mean", device: torch.device | str = "cpu") -> tuple[int, int]:
     """Place new item tokens by their text: the top `hidden_size` principal components of the pretrained base's
-    mean token embedding of each item's text, scaled to the model's init std.
+    vector of each item's text (`text_embeddings` with `encoder`), scaled to the model's init std.
 
     A scratch model learns an item only from the histories it appears in, so a rarely seen (long-tail) item stays
     near its random start; here it starts near items whose text reads alike. Tokens below `first_new_token` (a
@@ -223,7 +308,7 @@ def init_item_embeddings_from_text(model, tokenizer, items, text_base: str, firs
     placed = new & np.array([bool(t) for t in texts])
     if not placed.any():
         return 0, int(new.sum())
-    vecs = text_embeddings([t for t, p in zip(texts, placed) if p], text_base).astype(np.float64)
+    vecs = text_embeddings([t for t, p in zip(texts, placed) if p], text_base, encoder, device).astype(np.float64)
     emb = model.get_input_embeddings().weight
     centred = vecs - vecs.mean(0)
     _, _, components = np.linalg.svd(centred, full_matrices=False)

@@ -23,7 +23,7 @@ import torch
 
 from llm_i2i.config import config_hash, to_dict
 from llm_i2i.data import load_dataset
-from llm_i2i.llm.modeling import MANIFEST
+from llm_i2i.llm.modeling import MANIFEST, TEXT_INITS
 from llm_i2i.llm.sft_config import SFTConfig
 from llm_i2i.llm.sft_data import content_fingerprint
 from llm_i2i.llm.sft_metrics import discriminator_auc, evaluate_generator, roc_auc
@@ -71,7 +71,7 @@ def _fingerprints(cfg: SFTConfig, dataset_dir: Path) -> dict[str, str]:
     prints = {"data_fingerprint": content_fingerprint(dataset_dir)}
     if cfg.model.base_model and Path(cfg.model.base_model).exists():
         prints["base_model_fingerprint"] = content_fingerprint(cfg.model.base_model)
-    if cfg.model.resolved_item_init == "text_pca" and Path(cfg.model.item_text_base).exists():
+    if cfg.model.resolved_item_init in TEXT_INITS and Path(cfg.model.item_text_base).exists():
         prints["item_text_base_fingerprint"] = content_fingerprint(cfg.model.item_text_base)
     return prints
 

@@ -27,6 +27,7 @@ from llm_i2i.i2i import make_backbone
 from llm_i2i.i2i.base import Neighbors
 from llm_i2i.index.store import write_index
 from llm_i2i.io import write_json, write_parquet
+from llm_i2i.llm.modeling import TEXT_INITS
 from llm_i2i.llm.runners import Runners
 from llm_i2i.pipeline.artifacts import Artifact, ArtifactStore, StageResult, fingerprint_path
 from llm_i2i.pipeline.config import PipelineConfig
@@ -174,7 +175,7 @@ def sft(store: ArtifactStore, cfg: PipelineConfig, role: str, data: Artifact, op
         inputs["init_from"] = init_from
     elif sft_cfg.get("model", {}).get("base_model"):  # a pretrained checkpoint on disk: keyed by its content
         external["base_model"] = fingerprint_path(sft_cfg["model"]["base_model"])
-    if sft_cfg["model"]["item_init"] == "text_pca" and Path(sft_cfg["model"]["item_text_base"]).exists():
+    if sft_cfg["model"]["item_init"] in TEXT_INITS and Path(sft_cfg["model"]["item_text_base"]).exists():
         external["item_text_base"] = fingerprint_path(sft_cfg["model"]["item_text_base"])
     # outside the atomic dir so an interrupted SFT resumes from its checkpoints; keyed by the config and the content
     # hashes of the data and base checkpoint, so new data never resumes (or reuses the finished model of) an old run

@@ -113,7 +113,7 @@ def test_a_failed_conversion_leaves_nothing_behind(tmp_path, monkeypatch):
     gguf.write_bytes(b"w")
     with pytest.raises(RuntimeError):
         convert_gguf(gguf, tmp_path / "cache")
-    assert [p.name for p in (tmp_path / "cache" / "bases").iterdir()] == [f".m-{bases._sha256(gguf)[:16]}.convert.lock"]
+    assert [p.name for p in (tmp_path / "cache" / "bases").iterdir()] == [f".m-{bases.file_sha256(gguf)[:16]}.convert.lock"]
 
 
 @pytest.mark.slow

@@ -108,3 +108,74 @@ def test_text_pca_keeps_a_checkpoints_own_item_tokens(tmp_path, tokenizer, items
     disc = build_model(ModelConfig(base_model=str(tmp_path / "gen"), item_init="text_pca",
                                    item_text_base=str(tmp_path / "gen")), tok2, items)
     torch.testing.assert_close(disc.state_dict(), gen.state_dict())
+
+
+def _text_base(tmp_path):
+    """A tiny local HF checkpoint to read item text with (a stand-in for SmolLM2 in CI)."""
+    from .conftest import make_items
+
+    base_tok = build_tokenizer(make_items(40, seed=3), vocab_size=150)
+    torch.manual_seed(1)
+    base = build_model(ModelConfig(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32, dropout=0.0),
+                       base_tok)
+    save_checkpoint(base, base_tok, tmp_path / "base", {"role": "text base"})
+    return tmp_path / "base", base.eval(), base_tok
+
+
+def test_forward_text_vectors_match_each_text_run_alone(tmp_path):
+    """Batched, length-sorted and padded, each text's pooled final hidden states equal those of the text run by
+    itself (brute force); empty text stays 0."""
+    import numpy as np
+
+    from llm_i2i.llm.modeling import forward_text_vectors
+
+    path, base, tok = _text_base(tmp_path)
+    texts = ["red nail polish", "", "a board game for two players and more", "lego bricks", "game"]
+    got = forward_text_vectors(texts, path, batch_size=2)
+    for n, text in enumerate(texts):
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        if not ids:
+            assert not got["final_mean"][n].any() and not got["final_last"][n].any()
+            continue
+        with torch.no_grad():
+            h = base.model(input_ids=torch.tensor([ids])).last_hidden_state[0].numpy()
+        np.testing.assert_allclose(got["final_mean"][n], h.mean(0), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(got["final_last"][n], h[-1], rtol=1e-4, atol=1e-5)
+
+
+def test_text_encoder_pca_places_items_by_their_encoded_text_and_caches_the_vectors(tmp_path, monkeypatch,
+                                                                                    tokenizer, items):
+    """item_init=text_encoder_pca: item-item distances of the placed rows are those of the base's final_mean
+    vectors up to one scale (a rotation, as for text_pca). The vectors are computed once per node: a second build
+    reads the cache, and changed text is encoded anew."""
+    import numpy as np
+    import pyarrow as pa
+
+    from llm_i2i.llm import modeling
+    from llm_i2i.llm.tokenizer import item_texts, item_token_ids
+
+    monkeypatch.setenv("LLM_I2I_CACHE", str(tmp_path / "cache"))
+    path, _, _ = _text_base(tmp_path)
+    cfg = ModelConfig(**SMALL, item_init="text_encoder_pca", item_text_base=str(path))
+    model = build_model(cfg, tokenizer, items)
+    rows = model.get_input_embeddings().weight.detach()[torch.as_tensor(
+        item_token_ids(tokenizer, items.column("item_id").to_numpy()))].numpy()
+    vecs = modeling.forward_text_vectors(item_texts(items), path)["final_mean"]
+    d_text = np.linalg.norm(vecs[:, None] - vecs[None], axis=-1)
+    d_rows = np.linalg.norm(rows[:, None] - rows[None], axis=-1)
+    off = d_text > 1e-6
+    np.testing.assert_allclose(d_rows[off] / d_text[off], np.median(d_rows[off] / d_text[off]), rtol=1e-3)
+
+    calls = []
+    real = modeling.forward_text_vectors
+    monkeypatch.setattr(modeling, "forward_text_vectors", lambda *a, **k: calls.append(1) or real(*a, **k))
+    torch.testing.assert_close(build_model(cfg, tokenizer, items).get_input_embeddings().weight[
+        torch.as_tensor(item_token_ids(tokenizer, items.column("item_id").to_numpy()))], torch.as_tensor(rows))
+    assert calls == []  # read from the cache
+    edited = items.set_column(3, pa.field("text", pa.string()),
+                              pa.array([t + " deluxe" for t in items.column("text").to_pylist()]))
+    build_model(cfg, tokenizer, edited)
+    assert calls == [1]  # new text, new vectors
+    assert len(list((tmp_path / "cache" / "text_vectors").glob("[!.]*"))) == 2
+    with pytest.raises(ValueError, match="item_init must be"):
+        ModelConfig(item_init="text_encoder").validate()

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from transformers import AutoTokenizer
 
-from benchmarks._common import DATA_ROOT, REPO, provenance, run_locked, run_record, write_result
+from benchmarks._common import DATA_ROOT, RESULTS, provenance, run_locked, run_record, write_result
 from llm_i2i.data import load_dataset
 from llm_i2i.data.split import leave_one_out
 from llm_i2i.llm.bases import resolve_base_model
@@ -84,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--base", default="smollm2-135m")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "item_text_encoders"))
+    p.add_argument("--out", default=str(RESULTS / "item_text_encoders"))
     args = p.parse_args(argv)
     setup_logging()
     torch.manual_seed(args.seed)

@@ -2,7 +2,7 @@
 
 The per-batch work is a plain function `batch_fn(engine, batch: pa.Table, **kwargs) -> pa.Table`
 (`generate_batch`, `discriminate_batch`); this module only moves batches: `from_arrow` ->
-`map_batches(EngineActor, concurrency=num_actors, num_cpus=actor_num_cpus, num_gpus=...)` -> stream the
+`map_batches(EngineActor, compute=ActorPoolStrategy(size=num_actors), num_cpus=actor_num_cpus, num_gpus=...)` -> stream the
 results into a Parquet file written atomically, logging rows/s and ETA. `map_with_engine` is the library's
 `BatchRunner` (`llm_i2i.llm.runners`). GPUs per actor are declared (config `num_gpus`), defaulting to 1 when
 the cluster declares GPUs, never read from the driver's CUDA. `num_actors=0` runs the same function in this
@@ -74,9 +74,10 @@ def _batches_on_ray(table: pa.Table, spec: EngineSpec, batch_fn, batch_kwargs, n
     ds = ds.map_batches(
         EngineActor,
         fn_constructor_kwargs=dict(spec=portable(spec), batch_fn=batch_fn, batch_kwargs=portable(batch_kwargs)),
-        concurrency=num_actors, num_cpus=actor_num_cpus, num_gpus=num_gpus, batch_size=batch_size,
-        batch_format="pyarrow",
-        max_restarts=MAX_ACTOR_RESTARTS, max_task_retries=MAX_TASK_RETRIES,  # ray_remote_args of the actors
+        compute=ray.data.ActorPoolStrategy(size=num_actors), num_cpus=actor_num_cpus, num_gpus=num_gpus,
+        batch_size=batch_size, batch_format="pyarrow",
+        # Ray 2.60 has no named parameter for these yet: passed as ray_remote_args, which it warns are deprecated
+        max_restarts=MAX_ACTOR_RESTARTS, max_task_retries=MAX_TASK_RETRIES,
     )
     yield from ds.iter_batches(batch_size=None, batch_format="pyarrow")
 

@@ -46,8 +46,8 @@ class ModelConfig:
     # text_pca (the PCA of `item_text_base`'s mean token embedding of each item's text; on Toys
     # with no config, Swing +34.8% against +20.4% from random rows, benchmarks/results/item_text_init.md) |
     # text_encoder_pca (the same PCA over the base's final hidden states, one forward pass per item text, cached
-    # per node: it separates co-interacted items better, benchmarks/results/item_text_encoders.md, at ~10 CPU
-    # minutes per 12k items)
+    # per node: it separates co-interacted items better, benchmarks/results/item_text_encoders.md, but end to end
+    # it did not beat text_pca on both datasets, docs/llm.md; 17-23 min per 12k items on 2 CPU cores)
     item_init: str = "auto"
     item_text_base: str = "smollm2-135m"  # the pretrained base (a base_model value) text_pca reads token embeddings from
     vocab_size: int = 4000  # sub-word vocabulary trained for a scratch model
@@ -193,7 +193,7 @@ def text_embeddings(texts: list[str], text_base: str, encoder: str = "token_mean
 
     `token_mean`: the mean of its input token embeddings; only the tokenizer and the embedding matrix are read, so
     12k item texts take seconds. `final_mean`: the mean of the base's final hidden states over the text's tokens,
-    one forward pass per text (about ten minutes for 12k texts under SmolLM2-135M on 2 CPU cores), so it is kept
+    one forward pass per text (17-23 minutes for 12k texts under SmolLM2-135M on 2 CPU cores), so it is kept
     in this node's cache, keyed by the base's files and the texts."""
     if encoder == "final_mean":
         return encoded_texts(texts, text_base, device)

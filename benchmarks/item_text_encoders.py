@@ -87,7 +87,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", default=str(RESULTS / "item_text_encoders"))
     args = p.parse_args(argv)
     setup_logging()
-    torch.manual_seed(args.seed)
     record = run_record("item_text_encoders", argv)
     record.update(users=args.users, seed=args.seed, base=args.base, torch_threads=torch.get_num_threads(),
                   encodings=ENCODINGS)

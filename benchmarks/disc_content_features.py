@@ -110,13 +110,17 @@ def run_signals(run_dir: Path, split, items, hist: list[list[int]], cand: list[i
 
     out["swing_similarity"] = np.array([similarity(h, c) for h, c in zip(hist, dense)])
     base = manifest.get("sft_config", {}).get("model", {}).get("item_text_base") or "smollm2-135m"
-    vec = text_embeddings(item_texts(items), base)
-    vec -= vec.mean(0)
-    vec /= np.linalg.norm(vec, axis=1, keepdims=True) + 1e-12
     row = {int(i): n for n, i in enumerate(items.column("item_id").to_pylist())}
-    out["text_cosine"] = np.array([max(float(vec[row[i]] @ vec[row[c]]) for i in h) if h else 0.0
-                                   for h, c in zip(hist, cand)])
+    out["text_cosine"] = best_cosine(text_embeddings(item_texts(items), base), row, hist, cand)
     return out
+
+
+def best_cosine(vectors: np.ndarray, row_of: dict[int, int], histories, candidates) -> np.ndarray:
+    """Each candidate's best cosine with its history's items (vectors centred, then normalised)."""
+    v = vectors - vectors.mean(0)
+    v /= np.linalg.norm(v, axis=1, keepdims=True) + 1e-12
+    return np.array([max(float(v[row_of[i]] @ v[row_of[c]]) for i in h) if h else 0.0
+                     for h, c in zip(histories, candidates)])
 
 
 def logistic_fit(x: np.ndarray, y: np.ndarray) -> np.ndarray:

@@ -23,6 +23,7 @@ import torch
 from transformers import AutoTokenizer
 
 from benchmarks._common import DATA_ROOT, RESULTS, provenance, run_locked, run_record, write_result
+from benchmarks.disc_content_features import best_cosine
 from llm_i2i.data import load_dataset
 from llm_i2i.data.split import leave_one_out
 from llm_i2i.llm.bases import resolve_base_model
@@ -36,14 +37,6 @@ ENCODINGS = {
     "final_mean": "forward pass, mean of the final hidden states over the text's tokens (what text_encoder_pca reads)",
     "final_last": "forward pass, the final hidden state of the text's last token",
 }
-
-
-def best_cosine(vectors: np.ndarray, row_of: dict[int, int], histories, candidates) -> np.ndarray:
-    """Each candidate's best cosine with its history's items (vectors centred, then normalised)."""
-    v = vectors - vectors.mean(0)
-    v /= np.linalg.norm(v, axis=1, keepdims=True) + 1e-12
-    return np.array([max(float(v[row_of[i]] @ v[row_of[c]]) for i in h) if h else 0.0
-                     for h, c in zip(histories, candidates)])
 
 
 def run_dataset(root: Path, name: str, users: int, seed: int, base: str, batch_size: int) -> dict[str, Any]:

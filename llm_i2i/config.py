@@ -130,11 +130,23 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 def result_config(cfg: Any) -> dict[str, Any]:
     """`to_dict(cfg)` without the fields its class lists in `EXECUTION_ONLY`: those say how a stage runs (actors,
     threads, batch size), not what it produces, so a stage keyed on the rest reuses its finished artifact when a run
-    scales out or in."""
+    scales out or in; and without `UNKEYED_AT_DEFAULT` fields left at their default."""
     d = to_dict(cfg)
     for k in getattr(type(cfg), "EXECUTION_ONLY", ()):
         d.pop(k)
+    _drop_unkeyed_defaults(cfg, d)
     return d
+
+
+def _drop_unkeyed_defaults(cfg: Any, d: dict[str, Any]) -> None:
+    """Drop the fields a class (or a nested config) lists in `UNKEYED_AT_DEFAULT` while they hold their default:
+    knobs added after artifacts were cached, which at the default change nothing, so those artifacts stay valid."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.name in getattr(type(cfg), "UNKEYED_AT_DEFAULT", ()) and value == f.default:
+            d.pop(f.name, None)
+        elif dataclasses.is_dataclass(value) and isinstance(d.get(f.name), dict):
+            _drop_unkeyed_defaults(value, d[f.name])
 
 
 def config_hash(cfg: Any) -> str:

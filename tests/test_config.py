@@ -38,3 +38,27 @@ def test_nested_and_tuple_fields():
 
     cfg = load_config(Outer, None, {"inner": {"x": 3}, "ks": [5, 10]})
     assert cfg.inner.x == 3 and cfg.ks == (5, 10)
+
+
+def test_knobs_added_later_stay_out_of_the_key_at_their_default():
+    """A nested config's UNKEYED_AT_DEFAULT fields vanish from result_config at their default (artifacts cached
+    before they existed stay valid) and are keyed as soon as they are set."""
+    from dataclasses import field
+
+    from llm_i2i.config import result_config
+
+    @dataclass
+    class Inner:
+        width: int = 8
+        new_knob: int = 0
+        UNKEYED_AT_DEFAULT = ("new_knob",)
+
+    @dataclass
+    class Outer:
+        inner: Inner = field(default_factory=Inner)
+        threads: int = 2
+        EXECUTION_ONLY = ("threads",)
+
+    assert result_config(Outer()) == {"inner": {"width": 8}}
+    assert result_config(Outer(Inner(new_knob=3))) == {"inner": {"width": 8, "new_knob": 3}}
+    assert config_hash(result_config(Outer())) != config_hash(result_config(Outer(Inner(new_knob=3))))

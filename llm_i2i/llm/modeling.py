@@ -55,6 +55,16 @@ class ModelConfig:
     # (with the SFT defaults of sft_config.py, Beauty with no config: Swing R@10 +22.8% / +25.6% against +14.9% with
     # no dropout and the previous defaults, benchmarks/results/beauty_idle.md); a large pretrained base usually wants 0
     dropout: float = 0.2
+    # LoRA (peft) instead of full fine-tuning: adapters of this rank on every projection of the top `lora_layers`
+    # decoder layers (0: all), everything else frozen, item-token rows included (they keep their init). Backward
+    # stops at the lowest adapted layer, which is what makes a pretrained base cheaper to tune; the checkpoint is
+    # written with the adapters merged in, a plain HF model. 0: full fine-tuning. On CPU it did not pay
+    # (benchmarks/results/disc_pretrained_slice.md); on a GPU it is the cheap way to tune a 7B base
+    lora_rank: int = 0
+    lora_layers: int = 0
+
+    # added after checkpoints were cached: at 0 they train what was trained before, so keys stay (config.result_config)
+    UNKEYED_AT_DEFAULT = ("lora_rank", "lora_layers")
 
     def validate(self) -> None:
         if self.hidden_size % self.num_heads:
@@ -68,6 +78,11 @@ class ModelConfig:
             raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
         if self.attn_implementation not in ("auto", "sdpa", "eager", "flash_attention_2"):
             raise ValueError(f"model.attn_implementation unknown: {self.attn_implementation!r}")
+        if self.lora_rank < 0 or self.lora_layers < 0:
+            raise ValueError(f"model.lora_rank and model.lora_layers must be >= 0, got {self.lora_rank}, {self.lora_layers}")
+        if self.lora_rank and not self.base_model:
+            raise ValueError("model.lora_rank needs a model.base_model: adapters on random weights learn nothing a "
+                             "full fine-tune of the small scratch model would not")
 
     @property
     def resolved_item_init(self) -> str:
@@ -143,7 +158,46 @@ def build_model(cfg: ModelConfig, tokenizer, items=None, device: torch.device | 
                      f"without text, left random: {untexted}")
     if cfg.dropout:
         add_dropout(model, cfg.dropout)
+    if cfg.lora_rank:
+        add_lora(model, cfg.lora_rank, cfg.lora_layers)
     return model.to(device)
+
+
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def add_lora(model, rank: int, layers: int = 0) -> None:
+    """LoRA adapters (alpha = 2 x rank) in place on every projection of the top `layers` decoder layers (0: all);
+    every other weight frozen."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    n = model.config.num_hidden_layers
+    top = list(range(n - min(layers or n, n), n))
+    for p in model.parameters():
+        p.requires_grad_(False)
+    inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=LORA_TARGETS,
+                                       layers_to_transform=top, layers_pattern="layers"), model)
+
+
+def merged_weights(model, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`weights` (the model's state dict) with every LoRA adapter folded into its base weight under the plain
+    module's key, so the checkpoint loads as an ordinary HF model; unchanged when the model has no adapters."""
+    try:
+        from peft.tuners.lora import LoraLayer
+    except ImportError:  # no peft installed: no model here can hold adapters
+        return weights
+    out = dict(weights)
+    for name, module in model.named_modules():
+        if not isinstance(module, LoraLayer):
+            continue
+        for key in [k for k in out if k.startswith(f"{name}.lora_")]:
+            del out[key]
+        for part in ("weight", "bias"):
+            if f"{name}.base_layer.{part}" in out:
+                out[f"{name}.{part}"] = out.pop(f"{name}.base_layer.{part}")
+        delta = sum(module.get_delta_weight(a) for a in module.active_adapters)
+        out[f"{name}.weight"] = out[f"{name}.weight"] + delta.detach().to(out[f"{name}.weight"])
+    return out
 
 
 def add_dropout(model, p: float) -> None:

@@ -24,7 +24,7 @@ import torch
 
 from llm_i2i.config import from_dict, to_dict
 from llm_i2i.llm.losses import SFTObjective
-from llm_i2i.llm.modeling import MANIFEST, build_model, save_checkpoint
+from llm_i2i.llm.modeling import MANIFEST, build_model, merged_weights, save_checkpoint
 from llm_i2i.llm.sft_config import SFTConfig
 from llm_i2i.llm.sft_data import Prepared, collate, epoch_batches, prepare_sft
 from llm_i2i.llm.sft_metrics import final_metrics, select_metric
@@ -104,12 +104,17 @@ def make_objective(cfg: SFTConfig, prep: Prepared, model) -> SFTObjective:
     return SFTObjective(model, cfg.role, tids, prep.tail_mask, cfg.alpha, cfg.beta, answers)
 
 
+def trainable(objective: SFTObjective) -> list[torch.nn.Parameter]:
+    """The parameters the optimizer updates: all of them, or only the adapters under LoRA."""
+    return [p for p in objective.parameters() if p.requires_grad]
+
+
 class PlainStepper:
     """AdamW with gradient clipping; DistributedDataParallel when several processes train together."""
 
     def __init__(self, objective: SFTObjective, cfg: SFTConfig, device: torch.device, distributed: bool):
-        self.optimizer = torch.optim.AdamW(objective.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.params = list(objective.parameters())
+        self.params = trainable(objective)
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.module = objective
         if distributed:
             self.module = torch.nn.parallel.DistributedDataParallel(
@@ -141,7 +146,7 @@ class DeepSpeedStepper:
     def __init__(self, objective: SFTObjective, cfg: SFTConfig, micro_batch: int, dtype: torch.dtype):
         import deepspeed
 
-        opt = torch.optim.AdamW(objective.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        opt = torch.optim.AdamW(trainable(objective), lr=cfg.lr, weight_decay=cfg.weight_decay)
         ds_config = {
             "train_micro_batch_size_per_gpu": micro_batch,
             "gradient_accumulation_steps": 1,
@@ -347,5 +352,5 @@ def _write_checkpoint(job: SFTJob, cfg: SFTConfig, prep: Prepared, model, best, 
     manifest = {"role": cfg.role, "run_key": job.run_key, "config_hash": cfg.run_hash(), "sft_config": to_dict(cfg),
                 "dataset_dir": job.dataset_dir, **job.manifest, "examples": prep.examples.report,
                 "training": training, "metrics": metrics}
-    save_checkpoint(model, prep.tokenizer, job.out_dir, manifest, state_dict=weights_of(model))
+    save_checkpoint(model, prep.tokenizer, job.out_dir, manifest, state_dict=merged_weights(model, weights_of(model)))
     log.info(f"{cfg.role} checkpoint: {job.out_dir} metrics {json.dumps(metrics)[:300]}")

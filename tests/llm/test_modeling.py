@@ -179,3 +179,48 @@ def test_text_encoder_pca_places_items_by_their_encoded_text_and_caches_the_vect
     assert len(list((tmp_path / "cache" / "text_vectors").glob("[!.]*"))) == 2
     with pytest.raises(ValueError, match="item_init must be"):
         ModelConfig(item_init="text_encoder").validate()
+
+
+def _lora_base(tmp_path, tokenizer, items):
+    """A 3-layer checkpoint to put adapters on, and the tokenizer that reads it."""
+    torch.manual_seed(0)
+    base = build_model(ModelConfig(**{**SMALL, "num_layers": 3}, dropout=0.0), tokenizer, items)
+    save_checkpoint(base, tokenizer, tmp_path / "base", {"role": "generator"})
+    return str(tmp_path / "base"), build_tokenizer(items, base_model=tmp_path / "base"), base.eval()
+
+
+def test_lora_trains_adapters_on_the_top_layers_and_merges_into_a_plain_checkpoint(tmp_path, tokenizer, items):
+    from llm_i2i.llm.modeling import merged_weights
+    from llm_i2i.llm.sft_resume import weights_of
+
+    base_dir, tok, base = _lora_base(tmp_path, tokenizer, items)
+    lora = build_model(ModelConfig(base_model=base_dir, lora_rank=4, lora_layers=1, dropout=0.0), tok, items).eval()
+    trained = [n for n, p in lora.named_parameters() if p.requires_grad]
+    assert trained and all("lora_" in n and ".layers.2." in n for n in trained)
+    assert {n.split(".lora_")[0].rsplit(".", 1)[1] for n in trained} == {
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    x = torch.tensor([[1, 5, 7, 9, 11]])
+    torch.testing.assert_close(lora(input_ids=x).logits, base(input_ids=x).logits)  # lora_B starts at zero
+    with torch.no_grad():
+        for n, p in lora.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+    adapted = lora(input_ids=x).logits
+    assert not torch.allclose(adapted, base(input_ids=x).logits)
+
+    merged = merged_weights(lora, weights_of(lora))
+    assert not any("lora_" in k or "base_layer" in k for k in merged)
+    assert merged.keys() == weights_of(base).keys()
+    for k, v in weights_of(base).items():  # only the top layer's projections moved
+        same = torch.equal(merged[k], v)
+        assert same == (".layers.2." not in k or "norm" in k), k
+    save_checkpoint(lora, tok, tmp_path / "merged", {"role": "discriminator"}, state_dict=merged)
+    reloaded, _, _ = load_checkpoint(tmp_path / "merged")
+    torch.testing.assert_close(reloaded(input_ids=x).logits, adapted, rtol=1e-5, atol=1e-5)
+
+
+def test_lora_needs_a_base_and_a_sane_size():
+    with pytest.raises(ValueError, match="base_model"):
+        ModelConfig(lora_rank=8).validate()
+    with pytest.raises(ValueError, match="lora_rank"):
+        ModelConfig(base_model="/some/base", lora_rank=-1).validate()

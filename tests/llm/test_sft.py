@@ -158,6 +158,22 @@ def test_run_sft_is_idempotent(generator_ckpt, dataset_dir):
     assert (generator_ckpt / "model.safetensors").stat().st_mtime_ns == before
 
 
+def test_lora_discriminator_moves_only_its_adapted_weights(generator_ckpt, dataset_dir, tmp_path):
+    """The discriminator tuned with LoRA from the generator: a plain checkpoint whose embeddings and norms are the
+    generator's, whose projections moved, and whose training loss went down."""
+    cfg = SFTConfig(role="discriminator", epochs=2, lr=1e-2, batch_size=32, warmup_steps=2, eval_users=100,
+                    model=ModelConfig(**TINY, base_model=str(generator_ckpt), lora_rank=4, dropout=0.0))
+    ckpt = run_sft(cfg, dataset_dir, tmp_path / "disc")
+    disc, _, manifest = load_checkpoint(ckpt)
+    gen, _, _ = load_checkpoint(generator_ckpt)
+    g = gen.state_dict()
+    for k, v in disc.state_dict().items():
+        assert torch.equal(v, g[k]) == (not k.endswith("_proj.weight")), k
+    assert manifest["sft_config"]["model"]["lora_rank"] == 4
+    losses = [h["train_loss"] for h in manifest["training"]["history"]]
+    assert losses[-1] < losses[0]
+
+
 KILL_BASE = dict(epochs=2, lr=5e-3, batch_size=64, warmup_steps=2, eval_users=50, checkpoint_every=2, patience=0,
                  model=ModelConfig(**TINY))
 

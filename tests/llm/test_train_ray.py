@@ -102,3 +102,20 @@ def test_a_killed_train_worker_is_restarted_and_resumes_to_the_uninterrupted_wei
     fit.join()
     training = _assert_same_run(uninterrupted, result["out"])
     assert training["resumed_at_steps"], "the restarted workers should have resumed from a committed state"
+
+
+def test_lora_under_deepspeed_zero2_moves_only_adapted_weights_and_resumes(uninterrupted, data, tmp_path):
+    """The discriminator with LoRA from the generator on 2 DeepSpeed workers: ZeRO-2 partitions the adapters alone,
+    the merged checkpoint differs from the generator in the projections only, and a stopped run resumes to the
+    uninterrupted run's weights."""
+    from ray_jobs.train_llm import RaySFTRunner
+
+    lora = ModelConfig(**MODEL, base_model=str(uninterrupted), lora_rank=4, dropout=0.0)
+    cfg = dict(BASE, role="discriminator", epochs=1, model=lora)
+    full = run_sft(SFTConfig(**cfg), data, tmp_path / "full", RaySFTRunner())
+    assert run_sft(SFTConfig(**cfg, stop_after_steps=2), data, tmp_path / "cut", RaySFTRunner()) is None
+    training = _assert_same_run(full, run_sft(SFTConfig(**cfg), data, tmp_path / "cut", RaySFTRunner()))
+    assert training["deepspeed"] and training["resumed_at_steps"] == [2]
+    gen = load_checkpoint(uninterrupted)[0].state_dict()
+    for k, v in load_checkpoint(full)[0].state_dict().items():
+        assert torch.equal(v, gen[k]) == (not k.endswith("_proj.weight")), k

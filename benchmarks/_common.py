@@ -10,6 +10,7 @@ Every result page opens with `provenance(record)`: the command, the code version
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import fcntl
 import os
@@ -70,6 +71,14 @@ def command_line(name: str, argv: Sequence[str] | None = None) -> str:
 
 def utc_now() -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.gmtime())
+
+
+def labelled_path(spec: str) -> tuple[str, str]:
+    """argparse `type` of a LABEL=PATH argument, split at the last '=': a label may hold one (alpha=4), a path not."""
+    label, sep, path = spec.rpartition("=")
+    if not (sep and label and path):
+        raise argparse.ArgumentTypeError(f"{spec!r}: expected LABEL=PATH")
+    return label, path
 
 
 def run_record(name: str, argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -138,6 +147,10 @@ def heavy_lock() -> Iterator[None]:
 
 
 def run_locked(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
-    """`raise SystemExit(run_locked(main))`: a benchmark's entry point, under the heavy-work lock."""
+    """`raise SystemExit(run_locked(main))`: a benchmark's entry point, under the heavy-work lock (not for --help,
+    which measures nothing and should not wait behind a heavy job)."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    if "-h" in args or "--help" in args:
+        return main(argv)
     with heavy_lock():
         return main(argv)

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import rankdata
 
-from benchmarks._common import DATA_ROOT, RESULTS, provenance, run_locked, run_record, write_result
+from benchmarks._common import DATA_ROOT, RESULTS, labelled_path, provenance, run_locked, run_record, write_result
 from llm_i2i.data import load_dataset
 from llm_i2i.data.split import leave_one_out
 from llm_i2i.llm.sft_data import swing_neighbors
@@ -214,13 +214,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-root", default=str(DATA_ROOT))
     p.add_argument("--datasets", nargs="+", default=["Beauty", "Toys_and_Games"])
-    p.add_argument("--runs", nargs="*", default=[], metavar="DATASET=RUN_DIR",
+    p.add_argument("--runs", nargs="*", default=[], metavar="DATASET=RUN_DIR", type=labelled_path,
                    help="a finished `llm-i2i run` per dataset: its LLMs' signals and the combinations")
     p.add_argument("--out", default=str(RESULTS / "disc_content_features"), help="writes OUT.json and OUT.md")
     args = p.parse_args(argv)
     report = run_record("disc_content_features", argv)
     t0 = time.perf_counter()
-    runs = dict(r.split("=", 1) for r in args.runs)
+    runs = dict(args.runs)
     unknown = set(runs) - set(args.datasets)
     if unknown:
         p.error(f"--runs names datasets not in --datasets: {sorted(unknown)}")

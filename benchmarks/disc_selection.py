@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from scipy.stats import spearmanr
 
-from benchmarks._common import RESULTS, provenance, run_locked, run_record, write_result
+from benchmarks._common import RESULTS, labelled_path, provenance, run_locked, run_record, write_result
 from llm_i2i.data import leave_one_out, load_dataset
 from llm_i2i.eval.protocol import EvalConfig
 from llm_i2i.pipeline.cut import validation_metrics
@@ -86,11 +86,12 @@ def measure(run_dir: Path, per_user: list[int]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--runs", nargs="+", required=True, metavar="LABEL=RUN_DIR", help="finished `llm-i2i run` dirs")
+    p.add_argument("--runs", nargs="+", required=True, metavar="LABEL=RUN_DIR", type=labelled_path,
+                   help="finished `llm-i2i run` dirs")
     p.add_argument("--per-user", nargs="+", type=int, default=[10, 5], help="candidates kept per user")
     p.add_argument("--out", default=str(RESULTS / "disc_selection"), help="writes OUT.json and OUT.md")
     args = p.parse_args(argv)
-    runs = dict(r.rsplit("=", 1) for r in args.runs)
+    runs = dict(args.runs)
     report = run_record("disc_selection", argv)
     t0 = time.perf_counter()
     report["runs"] = {label: measure(Path(d), args.per_user) for label, d in runs.items()}

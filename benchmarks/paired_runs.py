@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 import pyarrow.parquet as pq
 
-from benchmarks._common import RESULTS, provenance, run_locked, run_record, write_result
+from benchmarks._common import RESULTS, labelled_path, provenance, run_locked, run_record, write_result
 from llm_i2i.config import from_dict
 from llm_i2i.data import leave_one_out, read_canonical
 from llm_i2i.data.longtail import long_tail_mask
@@ -82,15 +82,15 @@ def compare(run_a: Path, run_b: Path, k: int, rounds: int, seed: int) -> dict[st
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--a", required=True, metavar="LABEL=RUN_DIR", help="the reference run")
-    p.add_argument("--b", required=True, metavar="LABEL=RUN_DIR", help="the run compared with it")
+    p.add_argument("--a", required=True, metavar="LABEL=RUN_DIR", type=labelled_path, help="the reference run")
+    p.add_argument("--b", required=True, metavar="LABEL=RUN_DIR", type=labelled_path, help="the run compared with it")
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap rounds over users")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(RESULTS / "paired_runs"))
     args = p.parse_args(argv)
     setup_logging()
-    (label_a, dir_a), (label_b, dir_b) = (x.split("=", 1) for x in (args.a, args.b))
+    (label_a, dir_a), (label_b, dir_b) = args.a, args.b
     record = run_record("paired_runs", argv)
     record.update(a={"label": label_a, "dir": dir_a}, b={"label": label_b, "dir": dir_b}, k=args.k,
                   bootstrap=args.bootstrap, seed=args.seed)

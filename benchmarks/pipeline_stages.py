@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from benchmarks._common import provenance, run_record, write_result
+from benchmarks._common import labelled_path, provenance, run_record, write_result
 
 
 def generator_training(run_dir: Path) -> dict[str, Any] | None:
@@ -96,17 +96,15 @@ def render(record: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--run", action="append", required=True, help="label=DIR of a finished `llm-i2i run --out DIR`")
+    ap.add_argument("--run", action="append", required=True, type=labelled_path,
+                    help="label=DIR of a finished `llm-i2i run --out DIR`")
     ap.add_argument("--note", default="", help="how the runs were made (commands, machine state)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     record = run_record("pipeline_stages", argv)
     record["note"] = args.note
     record["runs"] = {}
-    for spec in args.run:
-        label, _, directory = spec.partition("=")
-        if not directory:
-            ap.error(f"--run {spec!r}: expected label=DIR")
+    for label, directory in args.run:
         report = json.loads((Path(directory) / "report.json").read_text())
         record["runs"][label] = {"dir": directory, **summary(report, generator_training(Path(directory)))}
     write_result(args.out, record, render(record))

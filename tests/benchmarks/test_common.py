@@ -6,6 +6,7 @@ import fcntl
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -60,6 +61,17 @@ def test_heavy_lock_excludes_others_and_accepts_an_inherited_flock(tmp_path):
                           "from benchmarks._common import heavy_lock\nwith heavy_lock():\n    print('ran')"],
                          capture_output=True, text=True, env=env, cwd=REPO, timeout=60)
     assert out.stdout.strip() == "ran", out.stderr
+    # --help measures nothing: it answers at once while another job holds the lock
+    holder = subprocess.Popen(["flock", str(lock), "sleep", "60"])
+    try:
+        while not _held(lock):
+            time.sleep(0.05)
+        out = subprocess.run([sys.executable, "-m", "benchmarks.disc_pretrained_slice", "--help"], capture_output=True,
+                             text=True, env=env, cwd=REPO, timeout=60)
+        assert out.returncode == 0 and "usage:" in out.stdout and "waiting" not in out.stderr
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
@@ -83,3 +95,15 @@ def test_converted_scripts_run_as_modules(tmp_path):
                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert [ln.split()[1] for ln in out.stdout.splitlines() if ln.startswith("ok ")] == names
+
+
+def test_labelled_paths_split_at_the_last_equals_sign():
+    import argparse
+
+    from benchmarks._common import labelled_path
+
+    assert labelled_path("alpha=4=/runs/a4") == ("alpha=4", "/runs/a4")
+    assert labelled_path("Beauty=/work/runs/b") == ("Beauty", "/work/runs/b")
+    for bad in ("/runs/a4", "=/runs/a4", "label="):
+        with pytest.raises(argparse.ArgumentTypeError, match="LABEL=PATH"):
+            labelled_path(bad)

@@ -175,8 +175,9 @@ def discriminator_scores(checkpoint: str | Path, dataset_dir: str | Path, negati
     out = {}
     for kind in negatives:
         hard = swing_neighbors(loo.train) if kind == "hard" else None
+        # scored in batches of the checkpoint's own eval_batch_size: long (titled) prompts on a large base need small ones
         labels, p = pair_scores(model, tok, loo, split, hard, int(sc.get("max_history", 10)), max_users, seed,
-                                titles=titles)
+                                int(sc.get("eval_batch_size", 512)), titles)
         out[kind] = {"labels": labels, "scores": p}
     return out
 

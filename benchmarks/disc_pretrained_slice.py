@@ -11,11 +11,16 @@ the way its pretraining knowledge can reach the items). The page also projects o
 measured seconds.
 
     python -m benchmarks.disc_pretrained_slice --users 300 --epochs 2
+    python -m benchmarks.disc_pretrained_slice --users 500 --epochs 2 --variants smollm2_lora_titles --keep-measured
+
+`--keep-measured` adds the variants it runs to the existing record of the same slice (dataset, users, seed, epochs,
+batch size) instead of starting a new one; each variant row names the code version and day it was measured with.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -24,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from benchmarks._common import DATA_ROOT, REPO, provenance, run_locked, run_record, write_result
+from benchmarks._common import DATA_ROOT, REPO, RESULTS, provenance, run_locked, run_record, utc_now, write_result
 from llm_i2i.config import load_config, to_dict
 from llm_i2i.data import Dataset, load_dataset, save_dataset
 from llm_i2i.llm.modeling import load_checkpoint
@@ -65,6 +70,23 @@ def user_slice(ds: Dataset, users: int, seed: int) -> Dataset:
                    {"slice_of": ds.name, "users": users, "seed": seed})
 
 
+SLICE_KEYS = ("dataset", "users", "seed", "epochs", "batch_size")
+
+
+def measured_variants(path: Path, record: dict[str, Any]) -> dict[str, Any]:
+    """The variants an earlier record at `path` measured on the same slice; an error if it used another slice, so
+    rows measured on different data never share a table."""
+    if not path.exists():
+        return {}
+    old = json.loads(path.read_text())
+    differs = {k: (old.get(k), record[k]) for k in SLICE_KEYS if old.get(k, record[k]) != record[k]}
+    if differs:
+        raise SystemExit(f"--keep-measured: {path} measured another slice ({differs}); drop the flag or pass --out")
+    # rows measured before variants carried their own provenance inherit the record's
+    return {name: {"code_version": old.get("code_version"), "started_utc": old.get("started_utc"), **v}
+            for name, v in old["variants"].items()}
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     record = run_record("disc_pretrained_slice", args.argv)
     full = load_dataset(Path(args.data_root) / args.dataset)
@@ -74,14 +96,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         save_dataset(ds, canon)
     record.update(dataset=args.dataset, users=args.users, seed=args.seed, epochs=args.epochs,
                   slice_interactions=ds.interactions.num_rows, slice_items=ds.items.num_rows,
+                  batch_size=args.batch_size,
                   full_users=int(len(np.unique(full.interactions.column("user_id").to_numpy()))), variants={})
+    if args.keep_measured:
+        out = Path(args.out) if Path(args.out).parent != Path(".") else RESULTS / args.out  # as write_result places it
+        kept = measured_variants(out.with_name(out.name + ".json"), record)
+        record["variants"] = {n: v for n, v in kept.items() if n not in args.variants}
     common = ["role=discriminator", "negatives=random", f"epochs={args.epochs}", "patience=0",
               f"batch_size={args.batch_size}", "warmup_steps=10", "positions_per_user=1", "model.dropout=0.0",
               f"eval_users={args.users}", f"seed={args.seed}"]
     for name in args.variants:
         what, sets = VARIANTS[name]
         cfg = load_config(SFTConfig, None, [*common, *sets])
-        t0 = time.perf_counter()
+        started, t0 = utc_now(), time.perf_counter()
         ckpt = run_sft(cfg, canon, REPO / "out" / "disc_slice" / f"{ds.name}_{name}_e{args.epochs}")
         sft_seconds = time.perf_counter() - t0
         training = load_checkpoint(ckpt)[2]["training"]
@@ -93,6 +120,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "auc_random": auc_random, "auc_hard": auc_hard, "train_seconds": training["train_seconds"],
             "sft_seconds": sft_seconds, "tokens": training["tokens"], "tokens_per_s": training["tokens_per_s"],
             "eval_seconds": time.perf_counter() - t1, "best_epoch": training.get("best_epoch"),
+            "code_version": record["code_version"], "started_utc": started,
         }
         log.info(f"{name}: AUC random {auc_random:.4f}, hard {auc_hard:.4f}")
         write_result(args.out, record, render(record))
@@ -107,11 +135,13 @@ def render(record: dict[str, Any]) -> str:
            "epoch(s), random negatives, ROC-AUC on the slice's validation items against one random or one "
            "Swing-hard negative per user. Every variant starts from its own weights (no generator).", "",
            "| variant | ROC-AUC random | ROC-AUC hard | trained tokens | train s | tokens/s | eval s | "
-           "one full epoch, projected h |", "|---|---|---|---|---|---|---|---|"]
+           "one full epoch, projected h | measured |", "|---|---|---|---|---|---|---|---|---|"]
     for name, v in record["variants"].items():
         per_epoch = v["train_seconds"] / record["epochs"] * scale / 3600
+        when = (v.get("started_utc") or record.get("started_utc") or "?")[:10]
         out.append(f"| {name} | {v['auc_random']:.3f} | {v['auc_hard']:.3f} | {v['tokens']:,} | "
-                   f"{v['train_seconds']:,.0f} | {v['tokens_per_s']:,.0f} | {v['eval_seconds']:,.0f} | {per_epoch:.1f} |")
+                   f"{v['train_seconds']:,.0f} | {v['tokens_per_s']:,.0f} | {v['eval_seconds']:,.0f} | {per_epoch:.1f} | "
+                   f"{when}, `{v.get('code_version', record.get('code_version'))}` |")
     out += ["", f"Projection: the slice's seconds per epoch x {scale:.1f} (full {record['dataset']} has "
             f"{record['full_users']:,} users; the discriminator's examples grow with users).",
             "On a slice most items have no Swing neighbour, and a user whose last item has none gets a random "
@@ -136,6 +166,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--out", default="disc_pretrained_slice")
+    ap.add_argument("--keep-measured", action="store_true",
+                    help="keep the variants the existing record at --out measured on the same slice")
     args = ap.parse_args(argv)
     args.argv = argv
     setup_logging()

@@ -27,7 +27,7 @@ class HFEngine(InferenceEngine):
 
     def __init__(self, checkpoint_dir: str, device: str = "cpu", dtype: str | None = None,
                  torch_threads: int | None = None, forward_batch_size: int = 256,
-                 titles: Mapping[int, str] | None = None):
+                 forward_batch_tokens: int | None = None, titles: Mapping[int, str] | None = None):
         import torch
 
         from llm_i2i.llm.modeling import load_checkpoint
@@ -37,32 +37,34 @@ class HFEngine(InferenceEngine):
             torch.set_num_threads(int(torch_threads))
         self.model, self.tokenizer, self.manifest = load_checkpoint(checkpoint_dir, dtype=dtype, device=device)
         self.item_ids, _ = item_vocabulary(self.tokenizer)  # score column j <-> item_ids[j]
-        self.forward_batch_size = forward_batch_size
+        # prompts and padded tokens per forward pass (None: `llm_i2i.llm.scoring.MAX_BATCH_TOKENS`)
+        self.forward_batch_size, self.forward_batch_tokens = forward_batch_size, forward_batch_tokens
         self.titles = titles
 
     def top_items(self, histories: Sequence[np.ndarray], n: int, exclude_history: bool) -> TopItems:
         import torch
 
-        from llm_i2i.llm.scoring import next_item_scores, topn_items
+        from llm_i2i.llm.scoring import MAX_BATCH_TOKENS, next_item_scores, topn_items
 
         if not len(histories):
             return TopItems([], [])
         hs = [np.asarray(h, np.int64).tolist() for h in histories]
-        logits = next_item_scores(self.model, self.tokenizer, hs, max_history=None, batch_size=self.forward_batch_size,
-                                  titles=self.titles)
+        logits = next_item_scores(self.model, self.tokenizer, hs, max_history=None, titles=self.titles,
+                                  batch_size=self.forward_batch_size,
+                                  max_tokens=self.forward_batch_tokens or MAX_BATCH_TOKENS)
         items, scores = topn_items(torch.log_softmax(logits.float(), dim=-1), n, hs if exclude_history else None,
                                    item_ids=self.item_ids)
         keep = items >= 0  # fewer than n items left after exclusion
         return TopItems([i[k] for i, k in zip(items, keep)], [s[k] for s, k in zip(scores, keep)])
 
     def yes_probability(self, histories: Sequence[np.ndarray], candidates: np.ndarray) -> np.ndarray:
-        from llm_i2i.llm.scoring import yes_probability
+        from llm_i2i.llm.scoring import MAX_BATCH_TOKENS, yes_probability
 
         if not len(histories):
             return np.zeros(0, np.float32)
         p = yes_probability(self.model, self.tokenizer, [np.asarray(h, np.int64).tolist() for h in histories],
-                            [int(c) for c in candidates], max_history=None, batch_size=self.forward_batch_size,
-                            titles=self.titles)
+                            [int(c) for c in candidates], max_history=None, titles=self.titles,
+                            batch_size=self.forward_batch_size, max_tokens=self.forward_batch_tokens or MAX_BATCH_TOKENS)
         return np.asarray(p, dtype=np.float32)
 
 

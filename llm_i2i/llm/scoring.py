@@ -8,6 +8,11 @@ Discriminator prompts share most of their tokens: every prompt opens with the sa
 candidates of one user share the whole history. `yes_probability` runs each distinct context once and reuses
 its KV cache (the automatic prefix caching vLLM does on GPU): on Beauty a prompt is ~28 tokens, of which only the
 candidate's own token is new for the 2nd..Nth candidate of a user.
+
+A forward pass's memory (activations, KV cache) grows with its padded tokens, not its prompt count: 512 prompts of
+28 item tokens are 14k tokens, 512 titled prompts of 384 tokens through a 30-layer base held 24 GB. So every batch
+is capped twice, by `batch_size` prompts and by `max_tokens` padded tokens, and prompts are grouped by length so
+that short ones do not pay for a long one's padding.
 """
 
 from __future__ import annotations
@@ -19,6 +24,30 @@ import torch
 
 from llm_i2i.llm.prompts import discriminator_candidate, discriminator_context, encode_prompts, generator_prompt
 from llm_i2i.llm.tokenizer import answer_token_ids, item_vocabulary
+
+
+MAX_BATCH_TOKENS = 16384  # padded tokens per forward pass: the default model's 512 x 28-token prompts fit in one
+
+
+def batch_spans(rows: Sequence[int], widths, max_rows: int, max_tokens: int) -> list[tuple[int, int]]:
+    """Consecutive groups [start, stop) of the entries, greedy and in order, each with at most `max_rows` rows
+    (entry i brings rows[i]) and at most `max_tokens` padded tokens: its rows x its padded width. `widths` is
+    [n] or, for sequences padded part by part (context, then suffix), [n, parts], a group's width being the sum
+    of each part's widest. An entry that alone exceeds a cap forms its own group."""
+    if max_rows < 1 or max_tokens < 1:
+        raise ValueError(f"batch caps must be positive, got {max_rows} rows and {max_tokens} tokens")
+    widths = np.asarray(widths, dtype=np.int64)
+    widths = widths[:, None] if widths.ndim == 1 else widths
+    spans, start, n_rows, widest = [], 0, 0, np.zeros(widths.shape[1], np.int64)
+    for i, r in enumerate(rows):
+        grown_rows, grown_widest = n_rows + int(r), np.maximum(widest, widths[i])
+        if i > start and (grown_rows > max_rows or grown_rows * int(grown_widest.sum()) > max_tokens):
+            spans.append((start, i))
+            start, grown_rows, grown_widest = i, int(r), widths[i]
+        n_rows, widest = grown_rows, grown_widest
+    if len(rows):
+        spans.append((start, len(rows)))
+    return spans
 
 
 def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -38,18 +67,21 @@ def decoder_of(model):
 
 
 @torch.no_grad()
-def last_hidden(model, seqs: Sequence[Sequence[int]], pad_id: int, batch_size: int = 256) -> torch.Tensor:
+def last_hidden(model, seqs: Sequence[Sequence[int]], pad_id: int, batch_size: int = 256,
+                max_tokens: int = MAX_BATCH_TOKENS) -> torch.Tensor:
     """Final hidden state at each sequence's last token, [n, hidden] float32."""
     device = next(model.parameters()).device
-    out = []
     body = decoder_of(model)
-    for s in range(0, len(seqs), batch_size):
-        chunk = seqs[s : s + batch_size]
-        ids, mask = pad_batch(chunk, pad_id, device)
+    out = torch.empty((len(seqs), model.config.hidden_size), device=device)
+    lengths = np.array([len(s) for s in seqs], dtype=np.int64)
+    by_length = np.argsort(lengths, kind="stable")
+    for start, stop in batch_spans(np.ones(len(seqs), np.int64), lengths[by_length], batch_size, max_tokens):
+        rows = by_length[start:stop]
+        ids, mask = pad_batch([seqs[r] for r in rows], pad_id, device)
         h = body(input_ids=ids, attention_mask=mask).last_hidden_state
         last = mask.sum(1) - 1
-        out.append(h[torch.arange(len(chunk), device=device), last].float())
-    return torch.cat(out) if out else torch.zeros((0, model.config.hidden_size))
+        out[torch.as_tensor(rows, device=device)] = h[torch.arange(len(rows), device=device), last].float()
+    return out
 
 
 def _pad_id(tokenizer) -> int:
@@ -65,13 +97,14 @@ def next_item_scores(
     titles: Mapping[int, str] | None = None,
     max_history: int = 10,
     batch_size: int = 256,
+    max_tokens: int = MAX_BATCH_TOKENS,
 ) -> torch.Tensor:
     """Logits [n, n_items] of the next item for each history (external item ids, oldest first)."""
     prompts = [
         generator_prompt(h, user_id=None if user_ids is None else user_ids[r], titles=titles, max_history=max_history)
         for r, h in enumerate(histories)
     ]
-    h = last_hidden(model, encode_prompts(tokenizer, prompts), _pad_id(tokenizer), batch_size)
+    h = last_hidden(model, encode_prompts(tokenizer, prompts), _pad_id(tokenizer), batch_size, max_tokens)
     _, token_ids = item_vocabulary(tokenizer)
     w = model.get_output_embeddings().weight[torch.as_tensor(token_ids, device=h.device)].float()
     return h @ w.T
@@ -122,6 +155,7 @@ def yes_probability(
     titles: Mapping[int, str] | None = None,
     max_history: int = 10,
     batch_size: int = 256,
+    max_tokens: int = MAX_BATCH_TOKENS,
 ) -> np.ndarray:
     """P(Yes) / (P(Yes) + P(No)) for each (history, candidate) pair, float64 [n]."""
     if len(histories) != len(candidates):
@@ -134,7 +168,7 @@ def yes_probability(
     suffixes = [discriminator_candidate(c, titles) for c in candidates]
     suffix_ids = tokenizer(suffixes, add_special_tokens=False)["input_ids"] if suffixes else []
     h = last_hidden_shared(model, encode_prompts(tokenizer, list(distinct)), context_of, suffix_ids,
-                           _pad_id(tokenizer), batch_size)
+                           _pad_id(tokenizer), batch_size, max_tokens)
     yes, no = answer_token_ids(tokenizer)
     w = model.get_output_embeddings().weight[torch.tensor([yes, no], device=h.device)].float()
     logits = h @ w.T
@@ -149,13 +183,16 @@ def last_hidden_shared(
     suffixes: Sequence[Sequence[int]],
     pad_id: int,
     batch_size: int = 256,
+    max_tokens: int = MAX_BATCH_TOKENS,
 ) -> torch.Tensor:
     """Final hidden state of each sequence `contexts[context_of[r]] + suffixes[r]`, [n, hidden] float32.
 
     Equal to `last_hidden` on the concatenated sequences, computed with shared work: per batch of contexts, the
     tokens all of them open with run once (batch 1), each context's remaining tokens once, and each suffix on top
     of its context's KV cache. Right padding with explicit positions keeps every query row attending to at least
-    one real token (no all-masked softmax rows).
+    one real token (no all-masked softmax rows). A batch's KV cache is copied out to one row per pair, so its
+    padded tokens are its pairs x (its longest context + its longest suffix), which `max_tokens` caps; contexts
+    are taken shortest first.
     """
     from transformers import DynamicCache
 
@@ -167,14 +204,20 @@ def last_hidden_shared(
     device = next(model.parameters()).device
     body = decoder_of(model)
     out = torch.empty((n, model.config.hidden_size), device=device)
+    pairs = np.bincount(context_of, minlength=len(contexts))
+    # per context: its length and its longest suffix, the two parts a batch pads separately
+    widths = np.zeros((len(contexts), 2), np.int64)
+    widths[:, 0] = [len(c) for c in contexts]
+    np.maximum.at(widths[:, 1], context_of, np.array([len(s) for s in suffixes], dtype=np.int64))
+    # renumber the contexts shortest first, so that a batch's contexts pad to similar lengths
+    by_width = np.argsort(widths.sum(1), kind="stable")
+    rank = np.empty_like(by_width)
+    rank[by_width] = np.arange(len(by_width))
+    contexts, context_of = [contexts[c] for c in by_width], rank[context_of]
     order = np.argsort(context_of, kind="stable")
-    group_end = np.searchsorted(context_of[order], np.arange(len(contexts)), side="right")
-    start = 0  # first context of the batch
-    while start < len(contexts):
-        # contexts [start, stop) with at most batch_size pairs (at least one context)
+    group_end = np.cumsum(pairs[by_width])
+    for start, stop in batch_spans(pairs[by_width], widths[by_width], batch_size, max_tokens):
         first = group_end[start - 1] if start else 0
-        stop = max(start + 1, int(np.searchsorted(group_end, first + batch_size, side="right")))
-        stop = min(stop, len(contexts))
         rows = order[first : group_end[stop - 1]]
         batch = [list(contexts[c]) for c in range(start, stop)]
         common = _common_prefix_length(batch)
@@ -201,7 +244,6 @@ def last_hidden_shared(
         h = body(input_ids=sids, attention_mask=mask, position_ids=pos, past_key_values=cache).last_hidden_state
         last = smask.sum(1) - 1
         out[torch.as_tensor(rows, device=device)] = h[torch.arange(len(rows), device=device), last].float()
-        start = stop
     return out
 
 

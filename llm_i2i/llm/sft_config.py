@@ -67,12 +67,15 @@ class SFTConfig:
     # validation users for the per-epoch model selection (0: all); None: the role's default, all for the generator
     # (its NDCG@10 on 4000 users moves by more than an epoch's gain), 4000 for the discriminator (AUC pairs)
     eval_users: int | None = None
+    # validation scoring's batches: at most eval_batch_size prompts and eval_batch_tokens padded tokens per forward
+    # pass (the tokens bound memory: a base with titles in the prompt needs the cap, `llm/scoring.py`)
     eval_batch_size: int = 512
+    eval_batch_tokens: int = 16384
     stop_after_steps: int | None = None  # stop this invocation after N steps, leaving the resume state
     threads: int | None = None  # torch intra-op threads (None: every core when idle, fewer under load)
     # how a run goes, not which weights come out: left out of the SFT stage's cache key (`config.result_config`)
     # and of `run_hash`; stop_after_steps is in the stage key, since a stopped run's weights are not a finished model
-    EXECUTION_ONLY = ("threads", "checkpoint_every", "eval_batch_size", "cpus_per_worker")
+    EXECUTION_ONLY = ("threads", "checkpoint_every", "eval_batch_size", "eval_batch_tokens", "cpus_per_worker")
 
     def validate(self) -> None:
         if self.role not in ("generator", "discriminator"):
@@ -83,6 +86,9 @@ class SFTConfig:
             raise ValueError(f"sft.patience must be >= 0, got {self.patience}")
         if self.eval_users is not None and self.eval_users < 0:
             raise ValueError(f"sft.eval_users must be >= 0 (0: all), got {self.eval_users}")
+        if self.eval_batch_size < 1 or self.eval_batch_tokens < 1:
+            raise ValueError(f"sft.eval_batch_size and sft.eval_batch_tokens must be >= 1, got {self.eval_batch_size} "
+                             f"and {self.eval_batch_tokens}")
         if self.alpha <= 0 or self.beta <= 0:
             raise ValueError("sft: alpha and beta must be positive")
         if self.zero_stage == 3:

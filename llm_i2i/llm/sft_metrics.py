@@ -18,7 +18,7 @@ from llm_i2i.eval.evaluate import evaluate_topk
 from llm_i2i.eval.protocol import EvalConfig
 from llm_i2i.llm.modeling import load_checkpoint
 from llm_i2i.llm.prompts import titles_from_items
-from llm_i2i.llm.scoring import next_item_scores, topn_items, yes_probability
+from llm_i2i.llm.scoring import MAX_BATCH_TOKENS, next_item_scores, topn_items, yes_probability
 from llm_i2i.llm.sft_config import SFTConfig
 from llm_i2i.llm.sft_data import Prepared, swing_neighbors
 from llm_i2i.llm.tokenizer import item_vocabulary
@@ -36,10 +36,11 @@ def select_metric(cfg: SFTConfig, model, prep: Prepared, max_users: int | None) 
     try:
         if cfg.role == "generator":
             m = generator_metrics(model, prep.tokenizer, prep.split, EvalConfig(split="valid", ks=(10,)),
-                                  cfg.max_history, True, max_users, cfg.eval_batch_size, prep.titles)
+                                  cfg.max_history, True, max_users, cfg.eval_batch_size, prep.titles,
+                                  cfg.eval_batch_tokens)
             return "ndcg@10", m["ndcg@10"]
         return "auc", auc_on_split(model, prep.tokenizer, prep.split, "valid", None, cfg.max_history, max_users,
-                                   cfg.seed, cfg.eval_batch_size, prep.titles)
+                                   cfg.seed, cfg.eval_batch_size, prep.titles, cfg.eval_batch_tokens)
     finally:
         model.train()
 
@@ -47,15 +48,15 @@ def select_metric(cfg: SFTConfig, model, prep: Prepared, max_users: int | None) 
 def final_metrics(cfg: SFTConfig, model, prep: Prepared) -> dict[str, Any]:
     if cfg.role == "generator":
         m = generator_metrics(model, prep.tokenizer, prep.split, EvalConfig(split="valid", ks=(10,)),
-                              cfg.max_history, True, None, cfg.eval_batch_size, prep.titles)
+                              cfg.max_history, True, None, cfg.eval_batch_size, prep.titles, cfg.eval_batch_tokens)
         return {"valid_exclude_history": True, "valid_recall@10": m["recall@10"], "valid_ndcg@10": m["ndcg@10"],
                 "valid_long_tail_recall@10": m["long_tail"]["recall@10"], "valid_long_tail_ndcg@10": m["long_tail"]["ndcg@10"]}
     return {"valid_auc_random": auc_on_split(model, prep.tokenizer, prep.split, "valid", None, cfg.max_history,
-                                            None, cfg.seed, cfg.eval_batch_size, prep.titles)}
+                                            None, cfg.seed, cfg.eval_batch_size, prep.titles, cfg.eval_batch_tokens)}
 
 
 def generator_topk(model, tokenizer, hist, rows: np.ndarray, history_len: int, exclude_history: bool, k: int,
-                   batch_size: int = 512, titles=None) -> np.ndarray:
+                   batch_size: int = 512, titles=None, max_tokens: int = MAX_BATCH_TOKENS) -> np.ndarray:
     """Top-k dense items [len(rows), k] for users `rows` of `hist` (Sequences) from their last `history_len` items."""
     ids, _ = item_vocabulary(tokenizer)
     if not np.array_equal(ids, hist.item_ids):
@@ -66,7 +67,7 @@ def generator_topk(model, tokenizer, hist, rows: np.ndarray, history_len: int, e
         users = rows[s : s + batch_size]
         seqs = [hist.user(u) for u in users]
         scores = next_item_scores(model, tokenizer, [hist.item_ids[q[-history_len:]].tolist() for q in seqs],
-                                  titles=titles, max_history=history_len, batch_size=batch_size)
+                                  titles=titles, max_history=history_len, batch_size=batch_size, max_tokens=max_tokens)
         excl = [q.tolist() for q in seqs] if exclude_history else None
         out[s : s + len(users)], _ = topn_items(scores, k, excl)
         prog.update(len(users))
@@ -74,7 +75,8 @@ def generator_topk(model, tokenizer, hist, rows: np.ndarray, history_len: int, e
 
 
 def generator_metrics(model, tokenizer, split: LeaveOneOut, eval_cfg: EvalConfig, history_len: int,
-                      exclude_history: bool, max_users: int | None = None, batch_size: int = 512, titles=None) -> dict:
+                      exclude_history: bool, max_users: int | None = None, batch_size: int = 512, titles=None,
+                      max_tokens: int = MAX_BATCH_TOKENS) -> dict:
     targets = split.targets(eval_cfg.split)
     rows = np.flatnonzero(targets >= 0)
     if max_users and len(rows) > max_users:
@@ -83,7 +85,7 @@ def generator_metrics(model, tokenizer, split: LeaveOneOut, eval_cfg: EvalConfig
     sub[rows] = targets[rows]
     topk = np.full((len(targets), eval_cfg.max_k), -1, dtype=np.int64)
     topk[rows] = generator_topk(model, tokenizer, split.history(eval_cfg.split), rows, history_len, exclude_history,
-                                eval_cfg.max_k, batch_size, titles)
+                                eval_cfg.max_k, batch_size, titles, max_tokens)
     masked = _MaskedTargets(split, sub)
     return evaluate_topk(topk, masked, eval_cfg)
 
@@ -143,18 +145,21 @@ def auc_pairs(split: LeaveOneOut, which: str, hard_neighbors, max_history: int, 
 
 
 def pair_scores(model, tokenizer, split: LeaveOneOut, which: str, hard_neighbors, max_history: int,
-                max_users: int | None, seed: int, batch_size: int = 512, titles=None) -> tuple[np.ndarray, np.ndarray]:
+                max_users: int | None, seed: int, batch_size: int = 512, titles=None,
+                max_tokens: int = MAX_BATCH_TOKENS) -> tuple[np.ndarray, np.ndarray]:
     """(labels, P(Yes)) of the discriminator on `auc_pairs`."""
     histories, cands, labels = auc_pairs(split, which, hard_neighbors, max_history, max_users, seed)
-    p = yes_probability(model, tokenizer, histories, cands, titles=titles, max_history=max_history, batch_size=batch_size)
+    p = yes_probability(model, tokenizer, histories, cands, titles=titles, max_history=max_history, batch_size=batch_size,
+                        max_tokens=max_tokens)
     return labels, p
 
 
 def auc_on_split(model, tokenizer, split: LeaveOneOut, which: str, hard_neighbors, max_history: int,
-                 max_users: int | None, seed: int, batch_size: int = 512, titles=None) -> float:
+                 max_users: int | None, seed: int, batch_size: int = 512, titles=None,
+                 max_tokens: int = MAX_BATCH_TOKENS) -> float:
     """ROC-AUC of the discriminator's P(Yes) on `auc_pairs`."""
     return roc_auc(*pair_scores(model, tokenizer, split, which, hard_neighbors, max_history, max_users, seed,
-                                batch_size, titles))
+                                batch_size, titles, max_tokens))
 
 
 NEGATIVES = ("random", "hard")
@@ -175,9 +180,10 @@ def discriminator_scores(checkpoint: str | Path, dataset_dir: str | Path, negati
     out = {}
     for kind in negatives:
         hard = swing_neighbors(loo.train) if kind == "hard" else None
-        # scored in batches of the checkpoint's own eval_batch_size: long (titled) prompts on a large base need small ones
+        # scored in batches of the checkpoint's own eval caps: long (titled) prompts on a large base need small ones
         labels, p = pair_scores(model, tok, loo, split, hard, int(sc.get("max_history", 10)), max_users, seed,
-                                int(sc.get("eval_batch_size", 512)), titles)
+                                int(sc.get("eval_batch_size", 512)), titles,
+                                int(sc.get("eval_batch_tokens", MAX_BATCH_TOKENS)))
         out[kind] = {"labels": labels, "scores": p}
     return out
 

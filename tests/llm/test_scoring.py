@@ -1,9 +1,10 @@
 import numpy as np
+import pytest
 import torch
 
 from llm_i2i.llm.modeling import ModelConfig, build_model, load_checkpoint, save_checkpoint
 from llm_i2i.llm.prompts import discriminator_prompt, encode_prompts, generator_prompt
-from llm_i2i.llm.scoring import next_item_scores, topn_items, yes_probability
+from llm_i2i.llm.scoring import decoder_of, next_item_scores, topn_items, yes_probability
 from llm_i2i.llm.tokenizer import answer_token_ids, item_vocabulary
 
 
@@ -88,9 +89,75 @@ def test_yes_probability_reuses_shared_contexts_exactly(tiny_model, tokenizer, i
         for h, c in zip(hists, cands):
             lg = _full_logits(model, encode_prompts(tokenizer, [discriminator_prompt(h, c, titles=titles)])[0])
             ref.append(torch.softmax(lg[[yes, no]], 0)[0].item())
-        for batch_size in (1, 4, 64):
-            p = yes_probability(model, tokenizer, hists, cands, titles=titles, batch_size=batch_size)
+        for batch_size, max_tokens in ((1, 10**6), (4, 10**6), (64, 10**6), (64, 90), (64, 1)):
+            p = yes_probability(model, tokenizer, hists, cands, titles=titles, batch_size=batch_size,
+                                max_tokens=max_tokens)
             np.testing.assert_allclose(p, ref, atol=1e-5)
+
+
+def test_batch_spans_are_greedy_runs_within_both_caps():
+    """Oracle: the spans tile the entries in order; each holds both caps unless it is one entry; none could take
+    the next entry without breaking a cap."""
+    from llm_i2i.llm.scoring import batch_spans
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        n = int(rng.integers(0, 30))
+        rows, widths = rng.integers(0, 6, n), rng.integers(1, 50, (n, int(rng.integers(1, 3))))
+        max_rows, max_tokens = int(rng.integers(1, 12)), int(rng.integers(1, 300))
+        spans = batch_spans(rows, widths[:, 0] if widths.shape[1] == 1 else widths, max_rows, max_tokens)
+        assert [i for a, b in spans for i in range(a, b)] == list(range(n))
+
+        def fits(a, b):  # every part padded to its own widest
+            return rows[a:b].sum() <= max_rows and rows[a:b].sum() * widths[a:b].max(0).sum() <= max_tokens
+
+        for a, b in spans:
+            assert b > a and (b - a == 1 or fits(a, b))
+            assert b == n or not fits(a, b + 1)
+    with pytest.raises(ValueError, match="positive"):
+        batch_spans([1], [1], 1, 0)
+
+
+def _padded_tokens_per_forward(model):
+    """Record each decoder forward's rows x (cached + new positions): what its KV cache and activations hold."""
+    seen = []
+
+    def hook(_module, args, kwargs):
+        ids, cache = kwargs["input_ids"], kwargs.get("past_key_values")
+        cached = cache.get_seq_length() if cache is not None else 0
+        seen.append(ids.shape[0] * (cached + ids.shape[1]))
+
+    return seen, decoder_of(model).register_forward_pre_hook(hook, with_kwargs=True)
+
+
+def test_scoring_forwards_stay_under_the_token_cap_and_scores_do_not_move(tiny_model, tokenizer, items):
+    """Long titled prompts: with a token cap no forward pass holds more padded tokens than the cap (unless one
+    prompt alone is longer), and every score equals the uncapped one."""
+    from llm_i2i.llm.prompts import titles_from_items
+
+    titles = titles_from_items(items)
+    rng = np.random.default_rng(2)
+    hists = [rng.integers(1, 31, int(rng.integers(0, 12))).tolist() for _ in range(40)]
+    cands = rng.integers(1, 31, 40).tolist()
+    longest = max(len(ids) for ids in encode_prompts(
+        tokenizer, [discriminator_prompt(h, c, titles=titles) for h, c in zip(hists, cands)]))
+    cap = 3 * longest
+    free, handle = _padded_tokens_per_forward(tiny_model)
+    try:
+        free_scores = next_item_scores(tiny_model, tokenizer, hists, titles=titles, batch_size=512, max_tokens=10**9)
+        free_p = yes_probability(tiny_model, tokenizer, hists, cands, titles=titles, batch_size=512, max_tokens=10**9)
+    finally:
+        handle.remove()
+    assert max(free) > cap  # uncapped, one pass holds them all
+    seen, handle = _padded_tokens_per_forward(tiny_model)
+    try:
+        scores = next_item_scores(tiny_model, tokenizer, hists, titles=titles, batch_size=512, max_tokens=cap)
+        p = yes_probability(tiny_model, tokenizer, hists, cands, titles=titles, batch_size=512, max_tokens=cap)
+    finally:
+        handle.remove()
+    assert len(seen) > 3 and max(seen) <= cap
+    torch.testing.assert_close(scores, free_scores, atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(p, free_p, atol=1e-5)
 
 
 def test_discriminator_context_tokenises_the_same_alone(tokenizer, items):

@@ -329,6 +329,8 @@ def test_distributed_sft_needs_a_runner_and_zero3_is_refused(dataset_dir, tmp_pa
         SFTConfig(zero_stage=3).validate()
     with pytest.raises(ValueError, match="eval_users"):
         SFTConfig(eval_users=-1).validate()
+    with pytest.raises(ValueError, match="eval_batch_tokens"):
+        SFTConfig(eval_batch_tokens=0).validate()
 
 
 def test_run_hash_sees_the_role_defaults():

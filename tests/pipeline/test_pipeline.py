@@ -107,7 +107,7 @@ def test_execution_knobs_reuse_every_stage_and_a_result_knob_does_not(finished, 
     shutil.copytree(out, copy)
     execution = {"batch_size": 3, "num_actors": 2, "actor_num_cpus": 0.25, "actor_start_timeout_s": 5,
                  "torch_threads": 1}
-    sft = {"threads": 1, "checkpoint_every": 7, "eval_batch_size": 5, "cpus_per_worker": 0.25}
+    sft = {"threads": 1, "checkpoint_every": 7, "eval_batch_size": 5, "eval_batch_tokens": 99, "cpus_per_worker": 0.25}
     fake = FakeLLM()
     run_pipeline(tiny_config(wo_longtail_loss=True, generate={"recall_number": 4, **execution},
                              discriminate=execution, sft_generator=sft, sft_discriminator=sft), str(copy), fake.ops())

@@ -1,0 +1,160 @@
+"""Scoring memory and speed: batches capped by prompts alone (the reference) vs also by padded tokens, same run.
+
+Validation scoring (`discriminator_scores`, the per-epoch AUC) and the HF engine cut their pairs into forward
+passes. A cap on prompts alone sizes memory for the default model's 28-token prompts; a base with titles in the
+prompt runs ~14x the tokens per prompt through 15x the layers, and 512 such prompts at once were OOM-killed at
+24 GB. `llm_i2i.llm.scoring` now also caps the padded tokens per pass (`max_tokens`). Each case scores one
+checkpoint's validation AUC pairs (random negatives) under each cap setting, each in a fresh process, so its peak
+RSS is its own, and the settings alternate over `--rounds` (best time, largest peak kept); the page gives pairs/s, the peak RSS above the loaded model, and the largest P(Yes) difference from
+the first setting.
+
+    python -m benchmarks.scoring_batches \\
+        --case default=RUN/sft_discriminator/model::RUN/prepare/dataset \\
+        --case smollm2_titles=out/disc_slice/CKPT::out/data/SLICE --caps 512:0 128:0 512:16384
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from benchmarks._common import REPO, labelled_path, provenance, run_locked, run_record, write_result
+from llm_i2i.progress import log, setup_logging
+
+
+def rss_mib() -> float:
+    """This process's resident memory now."""
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def score_once(checkpoint: str, dataset: str, users: int, prompts: int, tokens: int, out: str) -> None:
+    """In a child process: one cap setting's scoring of the case's pairs, written as JSON (P(Yes) included)."""
+    from llm_i2i.data import leave_one_out, load_dataset
+    from llm_i2i.llm.modeling import load_checkpoint
+    from llm_i2i.llm.prompts import titles_from_items
+    from llm_i2i.llm.sft_metrics import pair_scores
+
+    model, tok, manifest = load_checkpoint(checkpoint)
+    ds = load_dataset(dataset)
+    sc = manifest.get("sft_config", {})
+    titles = titles_from_items(ds.items) if sc.get("titles") else None
+    loo = leave_one_out(ds.sequences())
+    history = int(sc.get("max_history", 10))
+    pair_scores(model, tok, loo, "valid", None, history, 8, 0, prompts, titles, tokens or 10**12)  # warm-up
+    loaded = rss_mib()
+    t0 = time.perf_counter()
+    _, p = pair_scores(model, tok, loo, "valid", None, history, users or None, 0, prompts, titles, tokens or 10**12)
+    seconds = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    Path(out).write_text(json.dumps({"pairs": len(p), "seconds": seconds, "rss_loaded_mib": loaded,
+                                     "peak_rss_mib": peak, "p_yes": p.tolist()}))
+
+
+def run_child(case: tuple[str, str], users: int, prompts: int, tokens: int, tmp: Path) -> dict[str, Any]:
+    checkpoint, dataset = case
+    out = tmp / f"child_{os.getpid()}_{time.monotonic_ns()}.json"
+    cmd = [sys.executable, "-m", "benchmarks.scoring_batches", "--child", checkpoint, dataset, str(users),
+           str(prompts), str(tokens), str(out)]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    if done.returncode != 0:  # an OOM kill is a result, not a crash of the benchmark
+        return {"failed": f"exit {done.returncode}: {done.stderr.strip()[-300:]}"}
+    got = json.loads(out.read_text())
+    out.unlink()
+    return got
+
+
+def parse_case(spec: str) -> tuple[str, tuple[str, str]]:
+    label, paths = labelled_path(spec)
+    checkpoint, sep, dataset = paths.partition("::")
+    if not (sep and checkpoint and dataset):
+        raise argparse.ArgumentTypeError(f"{spec!r}: expected LABEL=CHECKPOINT::DATASET")
+    return label, (checkpoint, dataset)
+
+
+def parse_caps(spec: str) -> tuple[int, int]:
+    try:
+        prompts, tokens = (int(x) for x in spec.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{spec!r}: expected PROMPTS:TOKENS (TOKENS 0: no token cap)") from None
+    if prompts < 1 or tokens < 0:
+        raise argparse.ArgumentTypeError(f"{spec!r}: PROMPTS >= 1 and TOKENS >= 0")
+    return prompts, tokens
+
+
+def render(record: dict[str, Any]) -> str:
+    out = ["# Scoring batches: a cap on prompts alone vs prompts and padded tokens", "", provenance(record), "",
+           f"Each case scores its checkpoint's validation AUC pairs (one held-out positive and one random negative "
+           f"per user, {record['users'] or 'all'} users) in a fresh process per setting, best time and largest peak of "
+           f"{record['rounds']} alternating round(s). `prompts:tokens` caps one "
+           "forward pass (tokens 0: no token cap, the behaviour before the token cap). Scoring peak: the process's "
+           "peak RSS minus its RSS once the model and data were loaded (and 8 users scored as a warm-up). Largest |dP(Yes)|: against the case's first "
+           "setting.", "",
+           "| case | prompts:tokens | pairs | pairs/s | scoring peak MiB | peak RSS MiB | largest abs dP(Yes) |",
+           "|---|---|---|---|---|---|---|"]
+    for r in record["rows"]:
+        caps = f"{r['prompts']}:{r['tokens']}"
+        if "failed" in r:
+            out.append(f"| {r['case']} | {caps} | - | - | - | - | {r['failed']} |")
+            continue
+        out.append(f"| {r['case']} | {caps} | {r['pairs']:,} | {r['pairs'] / r['seconds']:,.0f} | "
+                   f"{r['peak_rss_mib'] - r['rss_loaded_mib']:,.0f} | {r['peak_rss_mib']:,.0f} | "
+                   f"{r['max_abs_diff']:.1e} |")
+    return "\n".join(out)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--case", type=parse_case, action="append", default=[],
+                    help="LABEL=CHECKPOINT::DATASET, a discriminator checkpoint and the dataset it was tuned on")
+    ap.add_argument("--caps", type=parse_caps, nargs="+", default=[(512, 0), (512, 16384)],
+                    help="PROMPTS:TOKENS per forward pass; the first is the reference")
+    ap.add_argument("--users", type=int, default=4000, help="validation users scored (0: all)")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--out", default="scoring_batches")
+    ap.add_argument("--child", nargs=6, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        ckpt, data, users, prompts, tokens, out = args.child
+        score_once(ckpt, data, int(users), int(prompts), int(tokens), out)
+        return 0
+    if not args.case:
+        ap.error("give at least one --case")
+    record = run_record("scoring_batches", argv)
+    setup_logging()
+    record.update(users=args.users, rounds=args.rounds, rows=[])
+    tmp = REPO / "out" / "scoring_batches"
+    tmp.mkdir(parents=True, exist_ok=True)
+    for label, case in args.case:
+        runs: dict[tuple[int, int], list[dict[str, Any]]] = {caps: [] for caps in args.caps}
+        for _ in range(args.rounds):  # settings alternate, so a load spike does not land on one of them
+            for caps in args.caps:
+                runs[caps].append(run_child(case, args.users, *caps, tmp))
+                log.info(f"{label} {caps}: {runs[caps][-1].get('failed') or round(runs[caps][-1]['seconds'], 2)}")
+        reference = None
+        for (prompts, tokens), got in runs.items():
+            row = {"case": label, "checkpoint": case[0], "dataset": case[1], "prompts": prompts, "tokens": tokens}
+            failed = [g["failed"] for g in got if "failed" in g]
+            if failed:
+                row["failed"] = failed[0]
+            else:
+                p = np.asarray(got[0]["p_yes"])
+                reference = p if reference is None else reference
+                row.update(pairs=got[0]["pairs"], seconds=min(g["seconds"] for g in got),
+                           rss_loaded_mib=got[0]["rss_loaded_mib"], peak_rss_mib=max(g["peak_rss_mib"] for g in got),
+                           max_abs_diff=float(np.max(np.abs(p - reference))) if len(p) else 0.0)
+            record["rows"].append(row)
+        write_result(args.out, record, render(record))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main() if "--child" in sys.argv else run_locked(main))

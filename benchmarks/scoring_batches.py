@@ -3,14 +3,17 @@
 Validation scoring (`discriminator_scores`, the per-epoch AUC) and the HF engine cut their pairs into forward
 passes. A cap on prompts alone sizes memory for the default model's 28-token prompts; a base with titles in the
 prompt runs ~14x the tokens per prompt through 15x the layers, and 512 such prompts at once were OOM-killed at
-24 GB. `llm_i2i.llm.scoring` now also caps the padded tokens per pass (`max_tokens`). Each case scores one
-checkpoint's validation AUC pairs (random negatives) under each cap setting, each in a fresh process, so its peak
-RSS is its own, and the settings alternate over `--rounds` (best time, largest peak kept); the page gives pairs/s, the peak RSS above the loaded model, and the largest P(Yes) difference from
-the first setting.
+24 GB. `llm_i2i.llm.scoring` now also caps the padded tokens per pass (`max_tokens`) and groups prompts by length.
+
+The reference is the scoring module as it was before (`--reference-rev`, read from git), capped by prompts alone
+(`--reference-prompts`). Each case scores one checkpoint's validation AUC pairs (random negatives) under each
+setting, each in a fresh process so that its peak RSS is its own; the settings alternate over `--rounds` (best time,
+largest peak kept). The page gives pairs/s, the peak RSS above the loaded model, and the largest P(Yes) difference
+from the case's first setting.
 
     python -m benchmarks.scoring_batches \\
         --case default=RUN/sft_discriminator/model::RUN/prepare/dataset \\
-        --case smollm2_titles=out/disc_slice/CKPT::out/data/SLICE --caps 512:0 128:0 512:16384
+        --case smollm2_titles=out/disc_slice/CKPT::out/data/SLICE --reference-prompts 32 128 --caps 512:16384
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Sequence
 
 import numpy as np
@@ -36,12 +40,24 @@ def rss_mib() -> float:
     return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def score_once(checkpoint: str, dataset: str, users: int, prompts: int, tokens: int, out: str) -> None:
-    """In a child process: one cap setting's scoring of the case's pairs, written as JSON (P(Yes) included)."""
+def scoring_at(rev: str) -> ModuleType:
+    """`llm_i2i.llm.scoring` as it was at git revision `rev`, as a module of its own."""
+    source = subprocess.run(["git", "show", f"{rev}:llm_i2i/llm/scoring.py"], cwd=REPO, capture_output=True,
+                            text=True, check=True).stdout
+    module = ModuleType(f"scoring_at_{rev}")
+    exec(compile(source, f"{rev}:llm_i2i/llm/scoring.py", "exec"), module.__dict__)
+    return module
+
+
+def score_once(checkpoint: str, dataset: str, users: int, prompts: int, tokens: int, reference_rev: str,
+               out: str) -> None:
+    """In a child process: one setting's scoring of the case's pairs, written as JSON (P(Yes) included). Tokens 0:
+    the reference module at `reference_rev`, capped by prompts alone."""
     from llm_i2i.data import leave_one_out, load_dataset
+    from llm_i2i.llm import scoring
     from llm_i2i.llm.modeling import load_checkpoint
     from llm_i2i.llm.prompts import titles_from_items
-    from llm_i2i.llm.sft_metrics import pair_scores
+    from llm_i2i.llm.sft_metrics import auc_pairs
 
     model, tok, manifest = load_checkpoint(checkpoint)
     ds = load_dataset(dataset)
@@ -49,21 +65,30 @@ def score_once(checkpoint: str, dataset: str, users: int, prompts: int, tokens: 
     titles = titles_from_items(ds.items) if sc.get("titles") else None
     loo = leave_one_out(ds.sequences())
     history = int(sc.get("max_history", 10))
-    pair_scores(model, tok, loo, "valid", None, history, 8, 0, prompts, titles, tokens or 10**12)  # warm-up
+    caps = {"batch_size": prompts} if tokens == 0 else {"batch_size": prompts, "max_tokens": tokens}
+    score = (scoring_at(reference_rev) if tokens == 0 else scoring).yes_probability
+
+    def pairs_of(n_users):
+        h, c, _ = auc_pairs(loo, "valid", None, history, n_users, 0)
+        return h, c
+
+    score(model, tok, *pairs_of(8), titles=titles, max_history=history, **caps)  # warm-up
+    histories, candidates = pairs_of(users or None)
     loaded = rss_mib()
     t0 = time.perf_counter()
-    _, p = pair_scores(model, tok, loo, "valid", None, history, users or None, 0, prompts, titles, tokens or 10**12)
+    p = score(model, tok, histories, candidates, titles=titles, max_history=history, **caps)
     seconds = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     Path(out).write_text(json.dumps({"pairs": len(p), "seconds": seconds, "rss_loaded_mib": loaded,
                                      "peak_rss_mib": peak, "p_yes": p.tolist()}))
 
 
-def run_child(case: tuple[str, str], users: int, prompts: int, tokens: int, tmp: Path) -> dict[str, Any]:
+def run_child(case: tuple[str, str], users: int, prompts: int, tokens: int, reference_rev: str,
+              tmp: Path) -> dict[str, Any]:
     checkpoint, dataset = case
     out = tmp / f"child_{os.getpid()}_{time.monotonic_ns()}.json"
     cmd = [sys.executable, "-m", "benchmarks.scoring_batches", "--child", checkpoint, dataset, str(users),
-           str(prompts), str(tokens), str(out)]
+           str(prompts), str(tokens), reference_rev, str(out)]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     if done.returncode != 0:  # an OOM kill is a result, not a crash of the benchmark
         return {"failed": f"exit {done.returncode}: {done.stderr.strip()[-300:]}"}
@@ -84,9 +109,9 @@ def parse_caps(spec: str) -> tuple[int, int]:
     try:
         prompts, tokens = (int(x) for x in spec.split(":"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{spec!r}: expected PROMPTS:TOKENS (TOKENS 0: no token cap)") from None
-    if prompts < 1 or tokens < 0:
-        raise argparse.ArgumentTypeError(f"{spec!r}: PROMPTS >= 1 and TOKENS >= 0")
+        raise argparse.ArgumentTypeError(f"{spec!r}: expected PROMPTS:TOKENS") from None
+    if prompts < 1 or tokens < 1:
+        raise argparse.ArgumentTypeError(f"{spec!r}: PROMPTS and TOKENS >= 1")
     return prompts, tokens
 
 
@@ -95,13 +120,14 @@ def render(record: dict[str, Any]) -> str:
            f"Each case scores its checkpoint's validation AUC pairs (one held-out positive and one random negative "
            f"per user, {record['users'] or 'all'} users) in a fresh process per setting, best time and largest peak of "
            f"{record['rounds']} alternating round(s). `prompts:tokens` caps one "
-           "forward pass (tokens 0: no token cap, the behaviour before the token cap). Scoring peak: the process's "
+           f"forward pass; `prompts:-` is the reference, the scoring module at `{record['reference_rev']}` (before "
+           "the token cap), capped by prompts alone. Scoring peak: the process's "
            "peak RSS minus its RSS once the model and data were loaded (and 8 users scored as a warm-up). Largest |dP(Yes)|: against the case's first "
            "setting.", "",
            "| case | prompts:tokens | pairs | pairs/s | scoring peak MiB | peak RSS MiB | largest abs dP(Yes) |",
            "|---|---|---|---|---|---|---|"]
     for r in record["rows"]:
-        caps = f"{r['prompts']}:{r['tokens']}"
+        caps = f"{r['prompts']}:{r['tokens'] or '-'}"
         if "failed" in r:
             out.append(f"| {r['case']} | {caps} | - | - | - | - | {r['failed']} |")
             continue
@@ -115,29 +141,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--case", type=parse_case, action="append", default=[],
                     help="LABEL=CHECKPOINT::DATASET, a discriminator checkpoint and the dataset it was tuned on")
-    ap.add_argument("--caps", type=parse_caps, nargs="+", default=[(512, 0), (512, 16384)],
-                    help="PROMPTS:TOKENS per forward pass; the first is the reference")
+    ap.add_argument("--reference-prompts", type=int, nargs="*", default=[512],
+                    help="prompt caps of the reference settings (the scoring module at --reference-rev)")
+    ap.add_argument("--reference-rev", default="bb3c3bd",
+                    help="the revision of llm_i2i/llm/scoring.py before the token cap")
+    ap.add_argument("--caps", type=parse_caps, nargs="+", default=[(512, 16384)],
+                    help="PROMPTS:TOKENS per forward pass of the current scoring module")
     ap.add_argument("--users", type=int, default=4000, help="validation users scored (0: all)")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--out", default="scoring_batches")
-    ap.add_argument("--child", nargs=6, help=argparse.SUPPRESS)
+    ap.add_argument("--child", nargs=7, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
-        ckpt, data, users, prompts, tokens, out = args.child
-        score_once(ckpt, data, int(users), int(prompts), int(tokens), out)
+        ckpt, data, users, prompts, tokens, rev, out = args.child
+        score_once(ckpt, data, int(users), int(prompts), int(tokens), rev, out)
         return 0
     if not args.case:
         ap.error("give at least one --case")
     record = run_record("scoring_batches", argv)
     setup_logging()
-    record.update(users=args.users, rounds=args.rounds, rows=[])
+    record.update(users=args.users, rounds=args.rounds, reference_rev=args.reference_rev, rows=[])
+    settings = [(p, 0) for p in args.reference_prompts] + list(args.caps)
     tmp = REPO / "out" / "scoring_batches"
     tmp.mkdir(parents=True, exist_ok=True)
     for label, case in args.case:
-        runs: dict[tuple[int, int], list[dict[str, Any]]] = {caps: [] for caps in args.caps}
+        runs: dict[tuple[int, int], list[dict[str, Any]]] = {caps: [] for caps in settings}
         for _ in range(args.rounds):  # settings alternate, so a load spike does not land on one of them
-            for caps in args.caps:
-                runs[caps].append(run_child(case, args.users, *caps, tmp))
+            for caps in settings:
+                runs[caps].append(run_child(case, args.users, *caps, args.reference_rev, tmp))
                 log.info(f"{label} {caps}: {runs[caps][-1].get('failed') or round(runs[caps][-1]['seconds'], 2)}")
         reference = None
         for (prompts, tokens), got in runs.items():

@@ -217,6 +217,22 @@ def add_dropout(model, p: float) -> None:
     model.get_input_embeddings().register_forward_hook(embedding_dropout)
 
 
+def item_token_init(cfg: ModelConfig, tokenizer) -> dict[str, Any]:
+    """What placed the item tokens, for the checkpoint manifest: `model.item_init` acts only on tokens the base
+    lacks, so a model started from a checkpoint that has them (the discriminator from the generator) inherits
+    them, whatever `item_init` says."""
+    from transformers import AutoConfig
+
+    from llm_i2i.llm.tokenizer import item_vocabulary
+
+    base_vocab = 0
+    if cfg.base_model is not None:
+        base_vocab = AutoConfig.from_pretrained(resolve_base_model(cfg.base_model), trust_remote_code=False,
+                                                local_files_only=True).vocab_size
+    new = int((item_vocabulary(tokenizer)[1] >= base_vocab).sum())
+    return {"new_item_tokens": new, "init": cfg.resolved_item_init if new else "inherited from model.base_model"}
+
+
 @torch.no_grad()
 def init_item_embeddings(model, tokenizer, items, first_new_token: int = 0) -> int:
     """Set each item token's input (and untied output) embedding to the mean of its title's token embeddings."""

@@ -24,7 +24,7 @@ import torch
 
 from llm_i2i.config import from_dict, to_dict
 from llm_i2i.llm.losses import SFTObjective
-from llm_i2i.llm.modeling import MANIFEST, build_model, merged_weights, save_checkpoint
+from llm_i2i.llm.modeling import MANIFEST, build_model, item_token_init, merged_weights, save_checkpoint
 from llm_i2i.llm.sft_config import SFTConfig
 from llm_i2i.llm.sft_data import Prepared, collate, epoch_batches, prepare_sft
 from llm_i2i.llm.sft_metrics import final_metrics, select_metric
@@ -350,7 +350,7 @@ def _write_checkpoint(job: SFTJob, cfg: SFTConfig, prep: Prepared, model, best, 
                      "device": str(next(model.parameters()).device),
                      "final_metrics_seconds": time.perf_counter() - t0})
     manifest = {"role": cfg.role, "run_key": job.run_key, "config_hash": cfg.run_hash(), "sft_config": to_dict(cfg),
-                "dataset_dir": job.dataset_dir, **job.manifest, "examples": prep.examples.report,
+                "item_tokens": item_token_init(cfg.model, prep.tokenizer), "dataset_dir": job.dataset_dir, **job.manifest, "examples": prep.examples.report,
                 "training": training, "metrics": metrics}
     save_checkpoint(model, prep.tokenizer, job.out_dir, manifest, state_dict=merged_weights(model, weights_of(model)))
     log.info(f"{cfg.role} checkpoint: {job.out_dir} metrics {json.dumps(metrics)[:300]}")

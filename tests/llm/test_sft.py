@@ -140,6 +140,7 @@ def generator_ckpt(dataset_dir, tmp_path_factory):
 def test_generator_learns_and_checkpoint_is_complete(generator_ckpt, dataset_dir, split):
     model, tok, manifest = load_checkpoint(generator_ckpt)
     assert manifest["role"] == "generator" and manifest["item_ids"] == split.full.item_ids.tolist()
+    assert manifest["item_tokens"] == {"new_item_tokens": split.full.n_items, "init": "text_pca"}  # the scratch default
     m = manifest["metrics"]
     assert {"valid_recall@10", "valid_ndcg@10", "valid_long_tail_recall@10"} <= m.keys()
     # the synthetic set follows item chains with p=0.9: a trained generator is far above random (10/60)
@@ -355,6 +356,8 @@ def test_discriminator_from_generator_learns(generator_ckpt, dataset_dir, tmp_pa
     ckpt = run_sft(cfg, dataset_dir, tmp_path / "disc")
     manifest = json.loads((ckpt / "llm_i2i_manifest.json").read_text())
     assert manifest["sft_config"]["model"]["base_model"] == str(generator_ckpt)
+    # its item tokens come from the generator, whatever model.item_init says, and the manifest says so
+    assert manifest["item_tokens"] == {"new_item_tokens": 0, "init": "inherited from model.base_model"}
     assert manifest["metrics"]["valid_auc_random"] > 0.65
     auc_hard = discriminator_auc(ckpt, dataset_dir, negatives="hard")
     assert 0.0 <= auc_hard <= 1.0

@@ -13,7 +13,7 @@ from the case's first setting.
 
     python -m benchmarks.scoring_batches \\
         --case default=RUN/sft_discriminator/model::RUN/prepare/dataset \\
-        --case smollm2_titles=out/disc_slice/CKPT::out/data/SLICE --reference-prompts 32 128 --caps 512:16384
+        --case smollm2_titles=out/disc_slice/CKPT::out/data/SLICE::80 --reference-prompts 32 128 --caps 512:16384
 """
 
 from __future__ import annotations
@@ -97,12 +97,14 @@ def run_child(case: tuple[str, str], users: int, prompts: int, tokens: int, refe
     return got
 
 
-def parse_case(spec: str) -> tuple[str, tuple[str, str]]:
+def parse_case(spec: str) -> tuple[str, tuple[str, str], int | None]:
+    """LABEL=CHECKPOINT::DATASET[::USERS]: USERS overrides --users for this case (a long-prompt base is slow)."""
     label, paths = labelled_path(spec)
-    checkpoint, sep, dataset = paths.partition("::")
-    if not (sep and checkpoint and dataset):
-        raise argparse.ArgumentTypeError(f"{spec!r}: expected LABEL=CHECKPOINT::DATASET")
-    return label, (checkpoint, dataset)
+    checkpoint, sep, rest = paths.partition("::")
+    dataset, _, users = rest.partition("::")
+    if not (sep and checkpoint and dataset) or (users and not users.isdigit()):
+        raise argparse.ArgumentTypeError(f"{spec!r}: expected LABEL=CHECKPOINT::DATASET[::USERS]")
+    return label, (checkpoint, dataset), int(users) if users else None
 
 
 def parse_caps(spec: str) -> tuple[int, int]:
@@ -118,20 +120,20 @@ def parse_caps(spec: str) -> tuple[int, int]:
 def render(record: dict[str, Any]) -> str:
     out = ["# Scoring batches: a cap on prompts alone vs prompts and padded tokens", "", provenance(record), "",
            f"Each case scores its checkpoint's validation AUC pairs (one held-out positive and one random negative "
-           f"per user, {record['users'] or 'all'} users) in a fresh process per setting, best time and largest peak of "
+           f"per user; users: all when 0) in a fresh process per setting, best time and largest peak of "
            f"{record['rounds']} alternating round(s). `prompts:tokens` caps one "
            f"forward pass; `prompts:-` is the reference, the scoring module at `{record['reference_rev']}` (before "
            "the token cap), capped by prompts alone. Scoring peak: the process's "
            "peak RSS minus its RSS once the model and data were loaded (and 8 users scored as a warm-up). Largest |dP(Yes)|: against the case's first "
            "setting.", "",
-           "| case | prompts:tokens | pairs | pairs/s | scoring peak MiB | peak RSS MiB | largest abs dP(Yes) |",
-           "|---|---|---|---|---|---|---|"]
+           "| case | users | prompts:tokens | pairs | pairs/s | scoring peak MiB | peak RSS MiB | largest abs dP(Yes) |",
+           "|---|---|---|---|---|---|---|---|"]
     for r in record["rows"]:
         caps = f"{r['prompts']}:{r['tokens'] or '-'}"
         if "failed" in r:
-            out.append(f"| {r['case']} | {caps} | - | - | - | - | {r['failed']} |")
+            out.append(f"| {r['case']} | {r['users']} | {caps} | - | - | - | - | {r['failed']} |")
             continue
-        out.append(f"| {r['case']} | {caps} | {r['pairs']:,} | {r['pairs'] / r['seconds']:,.0f} | "
+        out.append(f"| {r['case']} | {r['users']} | {caps} | {r['pairs']:,} | {r['pairs'] / r['seconds']:,.0f} | "
                    f"{r['peak_rss_mib'] - r['rss_loaded_mib']:,.0f} | {r['peak_rss_mib']:,.0f} | "
                    f"{r['max_abs_diff']:.1e} |")
     return "\n".join(out)
@@ -160,19 +162,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         ap.error("give at least one --case")
     record = run_record("scoring_batches", argv)
     setup_logging()
-    record.update(users=args.users, rounds=args.rounds, reference_rev=args.reference_rev, rows=[])
+    record.update(rounds=args.rounds, reference_rev=args.reference_rev, rows=[])
     settings = [(p, 0) for p in args.reference_prompts] + list(args.caps)
     tmp = REPO / "out" / "scoring_batches"
     tmp.mkdir(parents=True, exist_ok=True)
-    for label, case in args.case:
+    for label, case, case_users in args.case:
+        users = args.users if case_users is None else case_users
         runs: dict[tuple[int, int], list[dict[str, Any]]] = {caps: [] for caps in settings}
         for _ in range(args.rounds):  # settings alternate, so a load spike does not land on one of them
             for caps in settings:
-                runs[caps].append(run_child(case, args.users, *caps, args.reference_rev, tmp))
+                runs[caps].append(run_child(case, users, *caps, args.reference_rev, tmp))
                 log.info(f"{label} {caps}: {runs[caps][-1].get('failed') or round(runs[caps][-1]['seconds'], 2)}")
         reference = None
         for (prompts, tokens), got in runs.items():
-            row = {"case": label, "checkpoint": case[0], "dataset": case[1], "prompts": prompts, "tokens": tokens}
+            row = {"case": label, "checkpoint": case[0], "dataset": case[1], "users": users, "prompts": prompts,
+                   "tokens": tokens}
             failed = [g["failed"] for g in got if "failed" in g]
             if failed:
                 row["failed"] = failed[0]

@@ -133,7 +133,9 @@ def render(record: dict[str, Any]) -> str:
         if "failed" in r:
             out.append(f"| {r['case']} | {r['users']} | {caps} | - | - | - | - | {r['failed']} |")
             continue
-        out.append(f"| {r['case']} | {r['users']} | {caps} | {r['pairs']:,} | {r['pairs'] / r['seconds']:,.0f} | "
+        rate = r["pairs"] / r["seconds"]
+        rate_text = f"{rate:,.0f}" if rate >= 100 else f"{rate:.2f}"
+        out.append(f"| {r['case']} | {r['users']} | {caps} | {r['pairs']:,} | {rate_text} | "
                    f"{r['peak_rss_mib'] - r['rss_loaded_mib']:,.0f} | {r['peak_rss_mib']:,.0f} | "
                    f"{r['max_abs_diff']:.1e} |")
     return "\n".join(out)

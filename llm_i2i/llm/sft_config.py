@@ -6,6 +6,7 @@ from dataclasses import dataclass, field, replace
 
 from llm_i2i.config import config_hash, result_config
 from llm_i2i.llm.modeling import ModelConfig
+from llm_i2i.llm.scoring import MAX_BATCH_TOKENS
 
 # where discriminator negatives come from (sft_data.discriminator_pairs); `negatives` joins one or more with "+"
 NEGATIVE_SOURCES = ("random", "popular", "hard", "generator")
@@ -70,7 +71,7 @@ class SFTConfig:
     # validation scoring's batches: at most eval_batch_size prompts and eval_batch_tokens padded tokens per forward
     # pass (the tokens bound memory: a base with titles in the prompt needs the cap, `llm/scoring.py`)
     eval_batch_size: int = 512
-    eval_batch_tokens: int = 16384
+    eval_batch_tokens: int = MAX_BATCH_TOKENS
     stop_after_steps: int | None = None  # stop this invocation after N steps, leaving the resume state
     threads: int | None = None  # torch intra-op threads (None: every core when idle, fewer under load)
     # how a run goes, not which weights come out: left out of the SFT stage's cache key (`config.result_config`)

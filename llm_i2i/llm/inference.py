@@ -31,40 +31,42 @@ class HFEngine(InferenceEngine):
         import torch
 
         from llm_i2i.llm.modeling import load_checkpoint
+        from llm_i2i.llm.scoring import MAX_BATCH_TOKENS
         from llm_i2i.llm.tokenizer import item_vocabulary
 
         if torch_threads:
             torch.set_num_threads(int(torch_threads))
         self.model, self.tokenizer, self.manifest = load_checkpoint(checkpoint_dir, dtype=dtype, device=device)
         self.item_ids, _ = item_vocabulary(self.tokenizer)  # score column j <-> item_ids[j]
-        # prompts and padded tokens per forward pass (None: `llm_i2i.llm.scoring.MAX_BATCH_TOKENS`)
-        self.forward_batch_size, self.forward_batch_tokens = forward_batch_size, forward_batch_tokens
+        # prompts and padded tokens per forward pass (None: the scoring module's default token cap)
+        self.forward_batch_size = forward_batch_size
+        self.forward_batch_tokens = forward_batch_tokens or MAX_BATCH_TOKENS
         self.titles = titles
 
     def top_items(self, histories: Sequence[np.ndarray], n: int, exclude_history: bool) -> TopItems:
         import torch
 
-        from llm_i2i.llm.scoring import MAX_BATCH_TOKENS, next_item_scores, topn_items
+        from llm_i2i.llm.scoring import next_item_scores, topn_items
 
         if not len(histories):
             return TopItems([], [])
         hs = [np.asarray(h, np.int64).tolist() for h in histories]
         logits = next_item_scores(self.model, self.tokenizer, hs, max_history=None, titles=self.titles,
                                   batch_size=self.forward_batch_size,
-                                  max_tokens=self.forward_batch_tokens or MAX_BATCH_TOKENS)
+                                  max_tokens=self.forward_batch_tokens)
         items, scores = topn_items(torch.log_softmax(logits.float(), dim=-1), n, hs if exclude_history else None,
                                    item_ids=self.item_ids)
         keep = items >= 0  # fewer than n items left after exclusion
         return TopItems([i[k] for i, k in zip(items, keep)], [s[k] for s, k in zip(scores, keep)])
 
     def yes_probability(self, histories: Sequence[np.ndarray], candidates: np.ndarray) -> np.ndarray:
-        from llm_i2i.llm.scoring import MAX_BATCH_TOKENS, yes_probability
+        from llm_i2i.llm.scoring import yes_probability
 
         if not len(histories):
             return np.zeros(0, np.float32)
         p = yes_probability(self.model, self.tokenizer, [np.asarray(h, np.int64).tolist() for h in histories],
                             [int(c) for c in candidates], max_history=None, titles=self.titles,
-                            batch_size=self.forward_batch_size, max_tokens=self.forward_batch_tokens or MAX_BATCH_TOKENS)
+                            batch_size=self.forward_batch_size, max_tokens=self.forward_batch_tokens)
         return np.asarray(p, dtype=np.float32)
 
 

@@ -49,11 +49,11 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     # common 1e-4..1e-3 range, the top of it for a few hundred steps)
     "smollm2_lora": ("SmolLM2-135M-Instruct, LoRA rank 16 on its top 4 of 30 layers, the rest frozen",
                      ["model.base_model=smollm2-135m", "model.lora_rank=16", "model.lora_layers=4", "lr=0.001"]),
-    # the same, each history item and the candidate followed by its title; 10 titles need a longer window, and
-    # scoring 512 such prompts at once held 24 GB of KV cache and activations (OOM-killed at 2026-12-07's run), 32 fit
+    # the same, each history item and the candidate followed by its title; 10 titles need a longer window (scoring
+    # is capped by padded tokens, `sft.eval_batch_tokens`, so these long prompts no longer need a smaller batch)
     "smollm2_lora_titles": ("SmolLM2-135M-Instruct, LoRA as above, titles in the prompt",
                             ["model.base_model=smollm2-135m", "model.lora_rank=16", "model.lora_layers=4",
-                             "lr=0.001", "titles=true", "max_length=384", "eval_batch_size=32"]),
+                             "lr=0.001", "titles=true", "max_length=384"]),
 }
 
 

@@ -84,6 +84,35 @@ def locked_build(path: str | os.PathLike, is_current: Callable[[Path], bool], bu
         os.close(fd)  # releases the lock
 
 
+def prune_least_recent(current: str | os.PathLike, keep: int, lock: str = "build") -> list[Path]:
+    """Mark `current` (an entry of a cache directory that `locked_build` fills) as just used, then delete all but
+    the `keep` most recently used entries beside it; returns the deleted ones.
+
+    A cache keyed by content never reuses a name once its inputs change, so without this every new text or base
+    leaves its old entry on disk for good. Use is the directory's mtime. An entry whose build lock another process
+    holds is skipped, and a deleted entry is renamed away before it is removed, so no reader sees it half gone."""
+    current = Path(current)
+    os.utime(current)
+    entries = sorted((p for p in current.parent.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                     key=lambda p: p.stat().st_mtime, reverse=True)
+    pruned = []
+    for entry in [p for p in entries if p != current][max(keep - 1, 0):]:
+        fd = os.open(entry.parent / f".{entry.name}.{lock}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        try:
+            gone = entry.with_name(f".{entry.name}.pruned.tmp")
+            os.replace(entry, gone)
+            shutil.rmtree(gone, ignore_errors=True)
+            pruned.append(entry)
+        finally:
+            os.close(fd)
+    return pruned
+
+
 def fsync_file(path: str | os.PathLike) -> None:
     with open(path, "rb") as f:
         os.fsync(f.fileno())

@@ -14,6 +14,7 @@ import functools
 import hashlib
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -281,15 +282,26 @@ def text_embeddings(texts: list[str], text_base: str, encoder: str = "token_mean
 ENCODED_TEXTS_VERSION = 1  # bump when final_mean's pooling changes, so cached vectors are recomputed
 
 
+def text_vector_cache_keep() -> int:
+    """How many entries of `$LLM_I2I_CACHE/text_vectors` stay, most recently used first
+    (`$LLM_I2I_TEXT_VECTOR_CACHE_KEEP`, default 4): each is (items x base hidden) float32, 27 MB for Beauty's 12k
+    items under SmolLM2 but 16 GB for a million items under a 4096-wide base."""
+    raw = os.environ.get("LLM_I2I_TEXT_VECTOR_CACHE_KEEP", "4")
+    if not raw.strip().isdigit() or int(raw) < 1:
+        raise ValueError(f"environment variable LLM_I2I_TEXT_VECTOR_CACHE_KEEP must be an integer >= 1, got {raw!r}")
+    return int(raw)
+
+
 def encoded_texts(texts: list[str], text_base: str, device: torch.device | str = "cpu",
                   batch_size: int = 64) -> np.ndarray:
     """`final_mean` vectors of `texts`, from this node's cache or computed once (one process per node computes,
     the others wait for it: every SFT worker builds the model). The key covers the base's weight files by
     content, the texts and the pooling, so new text or another base never reads old vectors."""
-    from llm_i2i.io import locked_build
+    from llm_i2i.io import locked_build, prune_least_recent
     from llm_i2i.llm.bases import file_sha256
     from llm_i2i.uri import cache_root
 
+    keep = text_vector_cache_keep()  # a bad setting fails before minutes of encoding, not after
     base = resolve_base_model(text_base)
     key = {"version": ENCODED_TEXTS_VERSION, "pooling": "final_mean", "texts": texts,
            "base": {p.name: file_sha256(p) for p in sorted(base.glob("*.safetensors"))}}
@@ -308,7 +320,10 @@ def encoded_texts(texts: list[str], text_base: str, device: torch.device | str =
         (tmp / "manifest.json").write_text(json.dumps({"base": str(base), "texts": len(texts),
                                                        "pooling": "final_mean", "key": digest}) + "\n")
 
-    return np.load(locked_build(out, current, encode, lock="encode") / "vectors.npy", allow_pickle=False)
+    vectors = np.load(locked_build(out, current, encode, lock="encode") / "vectors.npy", allow_pickle=False)
+    for gone in prune_least_recent(out, keep, lock="encode"):
+        log.info(f"text vector cache: removed {gone.name}, least recently used beyond the newest {keep}")
+    return vectors
 
 
 @torch.no_grad()

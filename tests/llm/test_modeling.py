@@ -147,7 +147,7 @@ def test_text_encoder_pca_places_items_by_their_encoded_text_and_caches_the_vect
                                                                                     tokenizer, items):
     """item_init=text_encoder_pca: item-item distances of the placed rows are those of the base's final_mean
     vectors up to one scale (a rotation, as for text_pca). The vectors are computed once per node: a second build
-    reads the cache, and changed text is encoded anew."""
+    reads the cache, changed text is encoded anew, and the cache keeps only the most recently used entries."""
     import numpy as np
     import pyarrow as pa
 
@@ -176,7 +176,19 @@ def test_text_encoder_pca_places_items_by_their_encoded_text_and_caches_the_vect
                               pa.array([t + " deluxe" for t in items.column("text").to_pylist()]))
     build_model(cfg, tokenizer, edited)
     assert calls == [1]  # new text, new vectors
-    assert len(list((tmp_path / "cache" / "text_vectors").glob("[!.]*"))) == 2
+    cached = tmp_path / "cache" / "text_vectors"
+    assert len(list(cached.glob("[!.]*"))) == 2
+    # the cache keeps the most recently used entries only: with room for one, a third text leaves its own
+    monkeypatch.setenv("LLM_I2I_TEXT_VECTOR_CACHE_KEEP", "1")
+    third = items.set_column(3, pa.field("text", pa.string()),
+                             pa.array([t + " mini" for t in items.column("text").to_pylist()]))
+    build_model(cfg, tokenizer, third)
+    assert calls == [1, 1] and len(list(cached.glob("[!.]*"))) == 1
+    build_model(cfg, tokenizer, third)
+    assert calls == [1, 1]  # the entry kept is the one just used
+    monkeypatch.setenv("LLM_I2I_TEXT_VECTOR_CACHE_KEEP", "all")
+    with pytest.raises(ValueError, match="LLM_I2I_TEXT_VECTOR_CACHE_KEEP must be an integer >= 1, got 'all'"):
+        build_model(cfg, tokenizer, third)
     with pytest.raises(ValueError, match="item_init must be"):
         ModelConfig(item_init="text_encoder").validate()
 

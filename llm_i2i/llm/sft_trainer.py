@@ -75,15 +75,42 @@ def usable_device(want_gpu: bool) -> torch.device:
 
 def training_threads(requested: int | None) -> int:
     """`requested`, or when None: the threads this process was given (torch's default: every core; a Ray
-    worker: its share), fewer when other work already loads the machine.
+    worker: its share), fewer when other processes keep some of its cores busy now (`busy_cores_of_others`).
 
     Torch's OpenMP threads meet at a barrier in every parallel op; with more runnable threads than cores one of
     them is often descheduled and the others wait, so on a shared machine 2 threads ran a step several times
     slower than 1 (benchmarks/results/sft_throughput.md)."""
     if requested:
         return requested
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(torch.get_num_threads(), cores, int(cores - os.getloadavg()[0] + 0.5)))
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    return max(1, min(torch.get_num_threads(), len(cores), int(len(cores) - busy_cores_of_others(cores) + 0.5)))
+
+
+def busy_cores_of_others(cores: list[int], window_s: float = 0.5) -> float:
+    """How many of `cores` other processes kept busy over the next `window_s`: their busy time in /proc/stat
+    minus this process's own CPU time. Not the load average: that decays over a minute and counts this process,
+    so an SFT started right after another in the same process (a benchmark's next variant, a pipeline's
+    discriminator after its generator) took 1 thread of an otherwise idle 2-core machine. Without /proc, the
+    1-minute load average."""
+    def sample() -> tuple[int, int, int]:
+        busy = total = 0
+        with open("/proc/stat") as f:
+            for line in f:
+                name, *ticks = line.split()
+                if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cores:
+                    t = [int(x) for x in ticks]
+                    busy, total = busy + sum(t) - t[3] - t[4], total + sum(t)  # all but idle and iowait
+        with open("/proc/self/stat") as f:
+            own = sum(int(x) for x in f.read().rsplit(")", 1)[1].split()[11:13])  # utime + stime
+        return busy, total, own
+
+    try:
+        b0, t0, s0 = sample()
+        time.sleep(window_s)
+        b1, t1, s1 = sample()
+    except (OSError, ValueError, IndexError):
+        return os.getloadavg()[0]
+    return len(cores) * max(b1 - b0 - (s1 - s0), 0) / max(t1 - t0, 1)
 
 
 def lr_at(cfg: SFTConfig, step: int, total: int) -> float:

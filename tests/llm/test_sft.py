@@ -1,6 +1,8 @@
 """SFT data, batching, AUC, the plain training loop (quality on a learnable synthetic set) and resume."""
 
 import json
+import os
+import time
 from collections import Counter
 
 import numpy as np
@@ -418,8 +420,43 @@ def test_training_threads_leave_loaded_cores_alone(monkeypatch, load, cores, giv
     """Unset sft.threads: no more than the process was given (a Ray worker's share), minus the cores others load."""
     from llm_i2i.llm import sft_trainer
 
-    monkeypatch.setattr(sft_trainer.os, "getloadavg", lambda: (load, load, load))
+    monkeypatch.setattr(sft_trainer, "busy_cores_of_others", lambda c: load)
     monkeypatch.setattr(sft_trainer.os, "sched_getaffinity", lambda pid: set(range(cores)))
     monkeypatch.setattr(sft_trainer.torch, "get_num_threads", lambda: given)
     assert sft_trainer.training_threads(None) == want
     assert sft_trainer.training_threads(3) == 3  # an explicit sft.threads always wins
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="reads /proc")
+def test_busy_cores_of_others_counts_another_process_and_not_this_one():
+    """A spinning thread of this process is not someone else's load (the load average counted it, and a second
+    SFT in the same process took half the cores); a spinning child process is."""
+    import subprocess
+    import sys
+    import threading
+
+    from llm_i2i.llm.sft_trainer import busy_cores_of_others
+
+    cores = sorted(os.sched_getaffinity(0))
+    stop = threading.Event()
+
+    def spin_until_stopped():
+        while not stop.is_set():
+            pass
+
+    spin = threading.Thread(target=spin_until_stopped, daemon=True)
+    spin.start()
+    try:
+        mine = busy_cores_of_others(cores, 1.0)
+    finally:
+        stop.set()
+        spin.join()
+    child = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        theirs = busy_cores_of_others(cores, 1.0)
+    finally:
+        child.kill()
+        child.wait()
+    assert mine < 0.5, mine
+    assert theirs > 0.7 and theirs > mine + 0.5, (mine, theirs)

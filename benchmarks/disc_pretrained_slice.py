@@ -14,7 +14,7 @@ measured seconds.
     python -m benchmarks.disc_pretrained_slice --users 500 --epochs 2 --variants smollm2_lora_titles --keep-measured
 
 `--keep-measured` adds the variants it runs to the existing record of the same slice (dataset, users, seed, epochs,
-batch size) instead of starting a new one; each variant row names the code version and day it was measured with.
+batch size) instead of starting a new one; each variant row names the day, code version and CPU it was measured with
 """
 
 from __future__ import annotations
@@ -73,18 +73,19 @@ def user_slice(ds: Dataset, users: int, seed: int) -> Dataset:
 SLICE_KEYS = ("dataset", "users", "seed", "epochs", "batch_size")
 
 
-def measured_variants(path: Path, record: dict[str, Any]) -> dict[str, Any]:
-    """The variants an earlier record at `path` measured on the same slice; an error if it used another slice, so
-    rows measured on different data never share a table."""
+def measured_variants(path: Path, record: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The variants an earlier record at `path` measured on the same slice, and its notes; an error if it used
+    another slice, so rows measured on different data never share a table."""
     if not path.exists():
-        return {}
+        return {}, []
     old = json.loads(path.read_text())
     differs = {k: (old.get(k), record[k]) for k in SLICE_KEYS if old.get(k, record[k]) != record[k]}
     if differs:
         raise SystemExit(f"--keep-measured: {path} measured another slice ({differs}); drop the flag or pass --out")
     # rows measured before variants carried their own provenance inherit the record's
-    return {name: {"code_version": old.get("code_version"), "started_utc": old.get("started_utc"), **v}
-            for name, v in old["variants"].items()}
+    return {name: {"code_version": old.get("code_version"), "started_utc": old.get("started_utc"),
+                   "machine": old.get("machine"), **v}
+            for name, v in old["variants"].items()}, old.get("notes", [])
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -97,11 +98,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     record.update(dataset=args.dataset, users=args.users, seed=args.seed, epochs=args.epochs,
                   slice_interactions=ds.interactions.num_rows, slice_items=ds.items.num_rows,
                   batch_size=args.batch_size,
-                  full_users=int(len(np.unique(full.interactions.column("user_id").to_numpy()))), variants={})
+                  full_users=int(len(np.unique(full.interactions.column("user_id").to_numpy()))), variants={},
+                  notes=[])
     if args.keep_measured:
         out = Path(args.out) if Path(args.out).parent != Path(".") else RESULTS / args.out  # as write_result places it
-        kept = measured_variants(out.with_name(out.name + ".json"), record)
+        kept, record["notes"] = measured_variants(out.with_name(out.name + ".json"), record)
         record["variants"] = {n: v for n, v in kept.items() if n not in args.variants}
+    if args.note:
+        record["notes"].append(args.note)
     common = ["role=discriminator", "negatives=random", f"epochs={args.epochs}", "patience=0",
               f"batch_size={args.batch_size}", "warmup_steps=10", "positions_per_user=1", "model.dropout=0.0",
               f"eval_users={args.users}", f"seed={args.seed}"]
@@ -120,7 +124,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "auc_random": auc_random, "auc_hard": auc_hard, "train_seconds": training["train_seconds"],
             "sft_seconds": sft_seconds, "tokens": training["tokens"], "tokens_per_s": training["tokens_per_s"],
             "eval_seconds": time.perf_counter() - t1, "best_epoch": training.get("best_epoch"),
-            "code_version": record["code_version"], "started_utc": started,
+            "code_version": record["code_version"], "started_utc": started, "machine": record["machine"],
         }
         log.info(f"{name}: AUC random {auc_random:.4f}, hard {auc_hard:.4f}")
         write_result(args.out, record, render(record))
@@ -135,13 +139,15 @@ def render(record: dict[str, Any]) -> str:
            "epoch(s), random negatives, ROC-AUC on the slice's validation items against one random or one "
            "Swing-hard negative per user. Every variant starts from its own weights (no generator).", "",
            "| variant | ROC-AUC random | ROC-AUC hard | trained tokens | train s | tokens/s | eval s | "
-           "one full epoch, projected h | measured |", "|---|---|---|---|---|---|---|---|---|"]
+           "one full epoch, projected h | measured (day, code, CPU) |", "|---|---|---|---|---|---|---|---|---|"]
     for name, v in record["variants"].items():
         per_epoch = v["train_seconds"] / record["epochs"] * scale / 3600
         when = (v.get("started_utc") or record.get("started_utc") or "?")[:10]
+        machine = v.get("machine") or record["machine"]
+        cpu = machine.get("cpu", "?") if isinstance(machine, dict) else machine
         out.append(f"| {name} | {v['auc_random']:.3f} | {v['auc_hard']:.3f} | {v['tokens']:,} | "
                    f"{v['train_seconds']:,.0f} | {v['tokens_per_s']:,.0f} | {v['eval_seconds']:,.0f} | {per_epoch:.1f} | "
-                   f"{when}, `{v.get('code_version', record.get('code_version'))}` |")
+                   f"{when}, `{v.get('code_version', record.get('code_version'))}`, {cpu} |")
     out += ["", f"Projection: the slice's seconds per epoch x {scale:.1f} (full {record['dataset']} has "
             f"{record['full_users']:,} users; the discriminator's examples grow with users).",
             "On a slice most items have no Swing neighbour, and a user whose last item has none gets a random "
@@ -153,6 +159,8 @@ def render(record: dict[str, Any]) -> str:
             cost = v[name]["train_seconds"] / max(v["scratch"]["train_seconds"], 1e-9)
             out.append(f"At equal data `{name}` moves ROC-AUC against random negatives by {gain:+.3f} over the "
                        f"scratch model, for {cost:,.0f}x its training seconds.")
+    for note in record.get("notes", []):
+        out += ["", f"Note: {note}"]
     return "\n".join(out)
 
 
@@ -167,7 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--out", default="disc_pretrained_slice")
     ap.add_argument("--keep-measured", action="store_true",
-                    help="keep the variants the existing record at --out measured on the same slice")
+                    help="keep the variants (and notes) the existing record at --out measured on the same slice")
+    ap.add_argument("--note", default="", help="how the run went (machine state, reruns), kept with the record")
     args = ap.parse_args(argv)
     args.argv = argv
     setup_logging()

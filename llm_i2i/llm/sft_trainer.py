@@ -249,6 +249,7 @@ def train_worker(job: SFTJob, rank: int = 0, world: int = 1,
     checkpoint, False when `stop_after_steps` stopped it (its resume state committed)."""
     cfg = from_dict(SFTConfig, job.config)
     torch.set_num_threads(training_threads(cfg.threads))
+    log.info(f"{cfg.role} SFT rank {rank}: {torch.get_num_threads()} torch thread(s)")
     barrier, broadcast = _collective(world)
     shared = SharedWork(job.shared_uri) if job.shared_uri else None
     if shared:  # this node's scratch: the tokenizer fetched, the checkpoint built here then uploaded
@@ -372,7 +373,8 @@ def _write_checkpoint(job: SFTJob, cfg: SFTConfig, prep: Prepared, model, best, 
     training = {k: state[k] for k in ("history", "best_epoch", "best_metric", "stopped_early", "train_seconds",
                                       "tokens", "global_step", "resumed_at_steps", "dtype")}
     training.update({"tokens_per_s": state["tokens"] * world / max(state["train_seconds"], 1e-9),
-                     "num_workers": world, "deepspeed": cfg.distributed and cfg.use_deepspeed,
+                     "num_workers": world, "threads": torch.get_num_threads(),
+                     "deepspeed": cfg.distributed and cfg.use_deepspeed,
                      "zero_stage": cfg.zero_stage, "gpu_requested": bool(job.use_gpu),
                      "device": str(next(model.parameters()).device),
                      "final_metrics_seconds": time.perf_counter() - t0})

@@ -149,6 +149,7 @@ def test_generator_learns_and_checkpoint_is_complete(generator_ckpt, dataset_dir
     assert m["valid_recall@10"] > 2 * 10 / split.full.n_items
     losses = [h["train_loss"] for h in manifest["training"]["history"]]
     assert losses[-1] < losses[0]
+    assert 1 <= manifest["training"]["threads"] <= os.cpu_count()  # what the tokens/s was measured with
     test = evaluate_generator(generator_ckpt, dataset_dir, EvalConfig(split="test", ks=(10,)), exclude_history=False)
     assert test["users_evaluated"] == int((split.targets("test") >= 0).sum())
     assert 0 < test["recall@10"] <= 1

@@ -83,6 +83,22 @@ def gpu_workers_have_nccl() -> bool:
     return bool(ray.get(ray.remote(num_gpus=1, num_cpus=0)(probe).remote()))
 
 
+def worker_cpus(cpus_per_worker: float | None, num_workers: int, use_gpu: bool) -> float:
+    """CPUs each SFT worker reserves: `sft.cpus_per_worker` when set; else half a CPU beside a GPU (it only feeds
+    the GPU), and on CPU an equal share of the cluster's free CPUs, whole ones. Ray starts a worker with as many
+    torch threads as whole CPUs it reserved, so the former fixed half CPU trained the CPU pipeline on 1 thread of
+    2 idle cores, about half the speed of 2 (benchmarks/results/sft_worker_cpus.md). Free CPUs spread thinly
+    over many nodes may not fit a share: set `cpus_per_worker` there."""
+    import ray
+
+    if cpus_per_worker is not None:
+        return cpus_per_worker
+    if use_gpu:
+        return 0.5
+    share = int(ray.available_resources().get("CPU", 0.0) // num_workers)
+    return float(share) if share >= 1 else 0.5
+
+
 class RaySFTRunner:
     """`llm_i2i.llm.sft.SFTRunner` on a Ray cluster (the running one, RAY_ADDRESS, or a local one)."""
 
@@ -113,7 +129,8 @@ class RaySFTRunner:
         use_gpu = job.use_gpu if job.use_gpu is not None else gpus >= cfg.num_workers
         if use_gpu and gpus < cfg.num_workers:
             raise ValueError(f"sft.use_gpu=true with {cfg.num_workers} workers, but the cluster declares {gpus:g} GPUs")
-        log.info(f"Ray SFT: {cfg.num_workers} workers, {'1 GPU' if use_gpu else 'no GPU'} + {cfg.cpus_per_worker} CPU "
+        cpus = worker_cpus(cfg.cpus_per_worker, cfg.num_workers, use_gpu)
+        log.info(f"Ray SFT: {cfg.num_workers} workers, {'1 GPU' if use_gpu else 'no GPU'} + {cpus:g} CPU "
                  f"each (cluster GPUs: {gpus:g})")
         job = dataclasses.replace(job, use_gpu=use_gpu)
         nccl = use_gpu and gpu_workers_have_nccl()
@@ -125,7 +142,7 @@ class RaySFTRunner:
             train_loop_config={"job": portable(job)},
             torch_config=TorchConfig(backend="nccl" if nccl else "gloo"),
             scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu,
-                                         resources_per_worker={"CPU": cfg.cpus_per_worker}),
+                                         resources_per_worker={"CPU": cpus}),
             run_config=RunConfig(name=f"sft_{job.run_key}_{time.time_ns()}",
                                  storage_path=uri_join(job.shared_uri, "ray") if job.shared_uri
                                  else str(Path(job.resume_dir) / "ray"),

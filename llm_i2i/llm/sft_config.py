@@ -62,7 +62,9 @@ class SFTConfig:
     use_deepspeed: bool = True  # on the Ray path
     zero_stage: int = 2  # 0-2; ZeRO-3 is refused (see validate)
     use_gpu: bool | None = None  # None: the Ray cluster's GPUs decide (in-process: whether CUDA is usable)
-    cpus_per_worker: float = 0.5  # CPUs each Ray Train worker requests
+    # CPUs each Ray Train worker reserves; None: 0.5 beside a GPU, on CPU an equal share of the cluster's free CPUs
+    # (Ray gives a worker as many torch threads as whole CPUs it reserved; `ray_jobs/train_llm.py: worker_cpus`)
+    cpus_per_worker: float | None = None
     seed: int = 0
     checkpoint_every: int = 200  # optimizer steps between committed resume states and progress reports
     # validation users for the per-epoch model selection (0: all); None: the role's default, all for the generator
@@ -102,7 +104,7 @@ class SFTConfig:
         negative_sources(self.negatives)
         if self.num_workers < 1 or self.neg_ratio < 1 or self.positions_per_user < 1:
             raise ValueError("sft: num_workers, neg_ratio and positions_per_user must be >= 1")
-        if self.cpus_per_worker <= 0 or self.checkpoint_every < 1:
+        if (self.cpus_per_worker is not None and self.cpus_per_worker <= 0) or self.checkpoint_every < 1:
             raise ValueError("sft: cpus_per_worker and checkpoint_every must be positive")
         self.model.validate()
 

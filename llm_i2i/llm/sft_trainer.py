@@ -86,12 +86,13 @@ def training_threads(requested: int | None) -> int:
     return max(1, min(torch.get_num_threads(), len(cores), int(len(cores) - busy_cores_of_others(cores) + 0.5)))
 
 
-def busy_cores_of_others(cores: list[int], window_s: float = 0.5) -> float:
-    """How many of `cores` other processes kept busy over the next `window_s`: their busy time in /proc/stat
-    minus this process's own CPU time. Not the load average: that decays over a minute and counts this process,
-    so an SFT started right after another in the same process (a benchmark's next variant, a pipeline's
-    discriminator after its generator) took 1 thread of an otherwise idle 2-core machine. Without /proc, the
-    1-minute load average."""
+def busy_cores_of_others(cores: list[int], window_s: float = 0.5, windows: int = 3) -> float:
+    """How many of `cores` other processes keep busy: their busy time in /proc/stat minus this process's own CPU
+    time, over each of `windows` consecutive `window_s` windows, the least of them. The least, because a Ray Train
+    worker starts beside a second or so of its controller's set-up (about 1 core of 2), which is gone before
+    the first step; sustained load shows in every window. Not the load average: that decays over a minute and
+    counts this process, so an SFT started right after another in the same process (a benchmark's next variant)
+    took 1 thread of an otherwise idle 2-core machine. Without /proc, the 1-minute load average."""
     def sample() -> tuple[int, int, int]:
         busy = total = 0
         with open("/proc/stat") as f:
@@ -105,12 +106,14 @@ def busy_cores_of_others(cores: list[int], window_s: float = 0.5) -> float:
         return busy, total, own
 
     try:
-        b0, t0, s0 = sample()
-        time.sleep(window_s)
-        b1, t1, s1 = sample()
+        samples = [sample()]
+        for _ in range(max(windows, 1)):
+            time.sleep(window_s)
+            samples.append(sample())
     except (OSError, ValueError, IndexError):
         return os.getloadavg()[0]
-    return len(cores) * max(b1 - b0 - (s1 - s0), 0) / max(t1 - t0, 1)
+    return min(len(cores) * max(b1 - b0 - (s1 - s0), 0) / max(t1 - t0, 1)
+               for (b0, t0, s0), (b1, t1, s1) in zip(samples, samples[1:]))
 
 
 def lr_at(cfg: SFTConfig, step: int, total: int) -> float:

@@ -119,3 +119,18 @@ def test_lora_under_deepspeed_zero2_moves_only_adapted_weights_and_resumes(unint
     gen = load_checkpoint(uninterrupted)[0].state_dict()
     for k, v in load_checkpoint(full)[0].state_dict().items():
         assert torch.equal(v, gen[k]) == (not k.endswith("_proj.weight")), k
+
+
+@pytest.mark.parametrize("asked, workers, gpu, free, want",
+                         [(None, 1, False, 2.0, 2.0), (None, 2, False, 5.0, 2.0), (None, 1, False, 1.5, 1.0),
+                          (None, 2, False, 1.0, 0.5), (None, 2, True, 16.0, 0.5), (0.25, 1, False, 8.0, 0.25)])
+def test_a_cpu_worker_reserves_its_share_of_the_free_cpus_so_ray_gives_it_as_many_threads(
+        monkeypatch, asked, workers, gpu, free, want):
+    """Ray starts a worker with as many torch threads as whole CPUs it reserved: a CPU worker takes an equal,
+    whole share of the free CPUs; one beside a GPU, or with too few free, half a CPU; an explicit value wins."""
+    import ray
+
+    from ray_jobs.train_llm import worker_cpus
+
+    monkeypatch.setattr(ray, "available_resources", lambda: {"CPU": free})
+    assert worker_cpus(asked, workers, gpu) == want

@@ -14,7 +14,7 @@ measured seconds.
     python -m benchmarks.disc_pretrained_slice --users 500 --epochs 2 --variants smollm2_lora_titles --keep-measured
 
 `--keep-measured` adds the variants it runs to the existing record of the same slice (dataset, users, seed, epochs,
-batch size) instead of starting a new one; each variant row names the day, code version and CPU it was measured with
+batch size) instead of starting a new one; each variant row names the day, code version and CPU it was measured with.
 """
 
 from __future__ import annotations
